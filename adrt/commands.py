@@ -1,0 +1,171 @@
+"""Torch-free subcommands: eval, infer, bench, info, synth."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from adrt.errors import DataError
+from adrt.runtime.backends import backend_names
+
+backend_option = click.option("--backend", type=click.Choice(backend_names()), default="ort-cpu", show_default=True,
+                              help="Execution backend; a backend that is not really active is an error.")
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+                              help="Intra-op threads (default: ONNX Runtime's choice).")
+
+
+@click.command("eval")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset in MVTec AD layout.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for metrics.json/txt and overlays.")
+@click.option("--overlays", type=click.IntRange(min=0), default=0, show_default=True, help="PNG overlays to write.")
+@click.option("--record", is_flag=True, help="Store the metrics in the bundle's manifest.")
+@backend_option
+@threads_option
+def eval_cmd(bundle, data, out, overlays, record, backend, threads):
+    """Image AUROC, pixel AUROC, AUPRO and F1-max of BUNDLE on DATA's test split."""
+    from adrt.evaluate import evaluate_session
+    from adrt.metrics import format_table
+    from adrt.runtime import load
+
+    with load(bundle, backend=backend, threads=threads) as s:
+        result = evaluate_session(s, data, out, overlays)
+    click.echo(format_table(result))
+    if record:
+        record_metrics(bundle, data, result)
+
+
+def record_metrics(bundle, data, result) -> None:
+    """Add eval results to a bundle folder's manifest (the manifest itself carries no checksum)."""
+    from adrt.runtime.bundle import open_bundle, write_manifest
+
+    b = open_bundle(bundle)
+    if b._tmp:
+        b.cleanup()
+        raise DataError(f"{bundle}: --record needs a bundle folder, not a .zip")
+    b.manifest.setdefault("metrics", {})[Path(data).resolve().name] = {
+        k: result[k] for k in ("overall", "per_type", "counts", "at_threshold") if k in result}
+    write_manifest(b.root, b.manifest)
+
+
+def _collect_images(inputs) -> list[Path]:
+    from adrt.runtime.image import IMAGE_SUFFIXES
+
+    paths = []
+    for p in inputs:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
+            if not found:
+                raise DataError(f"{p}: no images found")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return paths
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Results file (.csv or .json); default: CSV on stdout.")
+@click.option("--overlays", type=click.Path(path_type=Path), default=None, help="Folder for PNG overlays.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@backend_option
+@threads_option
+def infer(bundle, inputs, out, overlays, batch_size, backend, threads):
+    """Score INPUTS (images or folders) with BUNDLE."""
+    from adrt.runtime import load
+    from adrt.runtime.image import read_image
+
+    paths = _collect_images(inputs)
+    with load(bundle, backend=backend, threads=threads) as s:
+        r = s.run_files(paths, batch_size=batch_size)
+        rows = [{"path": str(p), "score": float(r.scores[i]), "label": "anomalous" if r.labels[i] else "normal",
+                 "raw_score": float(r.raw_scores[i])} for i, p in enumerate(paths)]
+        if overlays is not None:
+            from adrt.runtime.overlay import save_panel
+
+            overlays.mkdir(parents=True, exist_ok=True)
+            for i, p in enumerate(paths):
+                # Index prefix: inputs from different folders often share file names.
+                target = overlays / f"{i:05d}_{p.parent.name}_{p.stem}.png"
+                save_panel(target, read_image(p), r.maps[i], float(r.scores[i]), s.threshold)
+                rows[i]["overlay"] = str(target)
+    if out is not None and out.suffix.lower() == ".json":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))
+    else:
+        f = open(out, "w", newline="") if out is not None else sys.stdout
+        try:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        finally:
+            if out is not None:
+                f.close()
+    if out is not None:
+        n_bad = sum(r["label"] == "anomalous" for r in rows)
+        click.echo(f"{len(rows)} images scored, {n_bad} anomalous; results in {out}", err=True)
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch for throughput.")
+@click.option("--torch-run", type=click.Path(path_type=Path), default=None,
+              help="Run folder of the same detector: also time it in torch eager mode.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Report path (writes .json and .md).")
+@backend_option
+@threads_option
+def bench_cmd(bundle, runs, warmup, batch, torch_run, out, backend, threads):
+    """Latency (batch 1), throughput and peak RSS of BUNDLE."""
+    from adrt.runtime.bench import bench, to_markdown, write_report
+
+    report = bench(bundle, backend, threads, runs, warmup, batch, torch_run)
+    click.echo(to_markdown(report))
+    if out is not None:
+        write_report(report, out)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+def info(bundle):
+    """Verify BUNDLE and summarise its manifest."""
+    from adrt.runtime.bundle import open_bundle
+
+    b = open_bundle(bundle)
+    m = b.manifest
+    i = m["input"]
+    click.echo(f"bundle      {bundle} (format {m['format_version']}, adrt {m['adrt_version']}), checksums ok")
+    click.echo(f"method      {m['method']}  {json.dumps(m.get('config', {}))}")
+    click.echo(f"input       uint8 N×{i['height']}×{i['width']}×{i['channels']} {i['color']}, resize {i['resize']}")
+    models = ", ".join(f"{k}: {v['file']}" for k, v in m["models"].items())
+    click.echo(f"models      {models}")
+    t = m.get("training", {})
+    click.echo(f"training    {t.get('dataset')}: {t.get('n_fit')} fit + {t.get('n_holdout')} calibration images, {t.get('seconds')} s")
+    for name, res in m.get("metrics", {}).items():
+        o = res["overall"]
+        click.echo(f"metrics     {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in o.items() if isinstance(v, float)))
+    b.cleanup()
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--size", type=click.IntRange(min=16), default=128, show_default=True)
+@click.option("--train", "n_train", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--test-good", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--test-defect", type=click.IntRange(min=1), default=10, show_default=True, help="Per defect type.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out, size, n_train, test_good, test_defect, seed):
+    """Write a procedural dataset to OUT (MVTec AD layout, exact masks)."""
+    from adrt.synth import make_dataset
+
+    make_dataset(out, size=size, n_train=n_train, n_test_good=test_good, n_test_defect=test_defect, seed=seed)
+    click.echo(f"dataset written to {out}")

@@ -1,0 +1,21 @@
+"""Error types raised at adrt's boundaries. Each message names the offending value and what was expected."""
+
+
+class AdrtError(Exception):
+    """Base class: the CLI turns these into a one-line error and a non-zero exit."""
+
+
+class DataError(AdrtError):
+    """A dataset folder, image or mask that cannot be used."""
+
+
+class BundleError(AdrtError):
+    """A bundle that is missing files, fails its checksums or comes from an unknown format version."""
+
+
+class InputError(AdrtError):
+    """An array or option handed to the runtime that does not match the bundle's input spec."""
+
+
+class BackendError(AdrtError):
+    """A backend that was asked for and is not available (never a silent fallback)."""

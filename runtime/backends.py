@@ -1,0 +1,78 @@
+"""Execution backends: one small class each, same shape (run a dict of inputs, close).
+
+Selection is explicit. A backend that is asked for and not really active raises with what is
+available: onnxruntime-gpu lists CUDA even on a machine without a GPU and then runs on the CPU
+silently, so the providers of the created session are checked, not the installed ones.
+"""
+from __future__ import annotations
+
+import enum
+import os
+
+import numpy as np
+
+from adrt.errors import BackendError
+
+
+class BackendName(str, enum.Enum):
+    ORT_CPU = "ort-cpu"
+    ORT_CUDA = "ort-cuda"
+    ORT_TRT = "ort-trt"
+
+
+_PROVIDERS = {
+    BackendName.ORT_CPU: ["CPUExecutionProvider"],
+    BackendName.ORT_CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    BackendName.ORT_TRT: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def backend_names() -> list[str]:
+    return [b.value for b in BackendName]
+
+
+def parse_backend(name: str) -> BackendName:
+    try:
+        return BackendName(name)
+    except ValueError:
+        raise BackendError(f"unknown backend {name!r}; available: {', '.join(backend_names())}") from None
+
+
+class OrtBackend:
+    """ONNX Runtime with the providers of ``backend``; the first one must really be active."""
+
+    def __init__(self, onnx_path: str | os.PathLike, backend: BackendName = BackendName.ORT_CPU,
+                 threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - onnxruntime is a base dependency
+            raise BackendError(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
+        self.backend = backend
+        wanted = _PROVIDERS[backend]
+        installed = ort.get_available_providers()
+        if wanted[0] not in installed:
+            raise BackendError(f"backend {backend.value} needs {wanted[0]}, which this onnxruntime "
+                               f"does not have; installed providers: {', '.join(installed)}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=opts,
+                                                providers=[p for p in wanted if p in installed])
+        except Exception as e:  # onnxruntime raises its own types; give the file and the cause
+            raise BackendError(f"{onnx_path}: ONNX Runtime could not load the model: {e}") from None
+        active = self.session.get_providers()
+        if active[0] != wanted[0]:
+            raise BackendError(f"backend {backend.value}: {wanted[0]} is installed but not active "
+                               f"(active: {', '.join(active)}); no GPU or CUDA libraries? "
+                               f"refusing to fall back silently")
+        self.threads = threads or opts.intra_op_num_threads
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,109 @@
+"""Load a bundle and run it: the torch-free Python API.
+
+    import adrt.runtime as rt
+    with rt.load("bundle/") as det:
+        result = det.run(batch)           # uint8 N×H×W×3 at the bundle's size, strict
+        result = det.run_files(paths)     # decode + convert + resize by the bundle's rule
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from adrt.errors import InputError
+from adrt.runtime.backends import BackendName, OrtBackend, parse_backend
+from adrt.runtime.bundle import Bundle, open_bundle
+from adrt.runtime.image import read_image, resize, to_rgb
+
+
+@dataclass
+class Result:
+    """Outputs for N images: ``maps`` N×H×W and ``scores`` N are calibrated (threshold 0.5)."""
+
+    maps: np.ndarray
+    scores: np.ndarray
+    raw_maps: np.ndarray
+    raw_scores: np.ndarray
+    threshold: float = 0.5
+
+    @property
+    def labels(self) -> np.ndarray:
+        """True where the image is anomalous (score ≥ threshold)."""
+        return self.scores >= self.threshold
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Session:
+    """A loaded bundle on one backend. Use as a context manager or call ``close()``."""
+
+    def __init__(self, bundle: Bundle, backend: str | BackendName = BackendName.ORT_CPU, threads: int | None = None):
+        self.bundle = bundle
+        spec = bundle.input
+        self.height, self.width, self.channels = int(spec["height"]), int(spec["width"]), int(spec["channels"])
+        self.threshold = float(bundle.manifest.get("threshold", 0.5))
+        b = parse_backend(backend) if isinstance(backend, str) else backend
+        self.backend = OrtBackend(bundle.model_path("fp32"), b, threads)
+
+    @property
+    def method(self) -> str:
+        return self.bundle.method
+
+    def check_batch(self, images: np.ndarray) -> np.ndarray:
+        """Validate a uint8 N×H×W×C (or H×W×C) array against the bundle's input spec."""
+        if not isinstance(images, np.ndarray):
+            raise InputError(f"images: expected a numpy uint8 array N×{self.height}×{self.width}×{self.channels}, "
+                             f"got {type(images).__name__}")
+        if images.ndim == 3:
+            images = images[None]
+        expected = (self.height, self.width, self.channels)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or images.shape[0] == 0:
+            raise InputError(f"images: expected uint8 N×{'×'.join(map(str, expected))} (NHWC, RGB), got "
+                             f"{images.dtype} {'×'.join(map(str, images.shape))}; use run_files() or "
+                             f"adrt.runtime.prepare() to convert and resize")
+        return np.ascontiguousarray(images)
+
+    def run(self, images: np.ndarray) -> Result:
+        """Run a batch of uint8 N×H×W×C images at exactly the bundle's input size."""
+        out = self.backend.run({"image": self.check_batch(images)})
+        return Result(out["anomaly_map"], out["score"], out["raw_map"], out["raw_score"], self.threshold)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Any uint8 gray/RGB/RGBA image → uint8 H×W×3 at the bundle's size (bundle's resize rule)."""
+        return resize(to_rgb(image), self.height, self.width)
+
+    def run_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 8) -> Result:
+        """Decode, convert and resize image files, then run them in batches."""
+        parts = []
+        for i in range(0, len(paths), batch_size):
+            batch = np.stack([resize(read_image(p), self.height, self.width) for p in paths[i : i + batch_size]])
+            parts.append(self.run(batch))
+        if not parts:
+            raise InputError("run_files: no images given")
+        return Result(*(np.concatenate([getattr(r, f) for r in parts]) for f in ("maps", "scores", "raw_maps", "raw_scores")),
+                      threshold=self.threshold)
+
+    def close(self) -> None:
+        self.backend.close()
+        self.bundle.cleanup()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load(path: str | os.PathLike, backend: str = "ort-cpu", threads: int | None = None) -> Session:
+    """Open and verify the bundle at ``path`` (folder or .zip) and return a Session on ``backend``."""
+    bundle = open_bundle(Path(path))
+    try:
+        return Session(bundle, backend, threads)
+    except BaseException:
+        bundle.cleanup()
+        raise

@@ -1,0 +1,203 @@
+"""Registry-wide and per-method tests of the torch detectors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from adrt.errors import AdrtError  # noqa: E402
+from adrt.train.detector import Detector, GaussianBlur, InputSpec, blur_matrix, gaussian_kernel1d  # noqa: E402
+from adrt.train.registry import available, get_method, register  # noqa: E402
+
+from tests.conftest import SIZE  # noqa: E402
+
+
+def test_registry_lists_methods_and_refuses_unknown_and_duplicates():
+    assert {"patchcore", "padim"} <= set(available())
+    with pytest.raises(AdrtError, match="unknown method 'nope'.*patchcore"):
+        get_method("nope")
+    with pytest.raises(AdrtError, match="already registered"):
+        register("patchcore")(type("Dup", (), {}))
+
+
+def test_unknown_option_lists_valid_ones():
+    from adrt.train.fit import make_config
+
+    with pytest.raises(AdrtError, match="no option 'coreset'.*coreset_ratio"):
+        make_config("patchcore", {"coreset": "0.1"})
+    assert make_config("patchcore", {"coreset_ratio": "0.2"}).coreset_ratio == 0.2
+    assert make_config("padim", {"tap_strides": "8,16"}).tap_strides == (8, 16)
+
+
+def test_blur_matrix_equals_reflect_padded_convolution():
+    sigma, n = 2.0, 23
+    m = torch.rand(2, n, n + 5)
+    k = gaussian_kernel1d(sigma)
+    r = k.numel() // 2
+    x = torch.nn.functional.pad(m.unsqueeze(1), (r, r, r, r), mode="reflect")
+    ref = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1)).squeeze(1)
+    got = GaussianBlur(sigma, n, n + 5)(m)
+    assert torch.allclose(got, ref, atol=1e-5)
+    # Rows of the matrix sum to 1: a constant map stays constant.
+    assert torch.allclose(blur_matrix(n, sigma).sum(1), torch.ones(n), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim"])
+def test_detector_outputs_shapes_ranges_and_localises_defects(runs, synth_data, method):
+    from adrt.data import Dataset, load_images, load_masks
+    from adrt.metrics import image_auroc, pixel_auroc
+    from adrt.train.fit import load_run
+
+    run, _ = runs(method)
+    det, meta = load_run(run)
+    ds = Dataset.open(synth_data)
+    x = torch.from_numpy(load_images([s.path for s in ds.test], SIZE, SIZE))
+    with torch.inference_mode():
+        amap, score, raw_map, raw_score = det(x)
+    n = len(ds.test)
+    assert amap.shape == raw_map.shape == (n, SIZE, SIZE) and score.shape == raw_score.shape == (n,)
+    for t in (amap, score, raw_map, raw_score):
+        assert torch.isfinite(t).all()
+    assert 0 <= float(amap.min()) and float(amap.max()) <= 1
+    labels = np.array([s.label for s in ds.test])
+    masks = load_masks(ds.test, SIZE, SIZE)
+    # Painted defects on a regular texture: a working detector separates them clearly.
+    assert image_auroc(labels, raw_score.numpy()) > 0.9
+    assert pixel_auroc(masks, raw_map.numpy()) > 0.85
+    # Calibration: 0.5 is the threshold, and normal holdout scores sit below it on average.
+    cal = meta["calibration"]
+    assert cal["score_threshold"] > cal["score_mean"]
+    good = labels == 0
+    assert float(score[torch.from_numpy(good)].mean()) < 0.5
+
+
+class Fixed(torch.nn.Module):
+    """Stands in for the backbone taps so the scoring can be tested alone."""
+
+    def __init__(self, feats):
+        super().__init__()
+        self.feats = feats
+
+    def forward(self, x):
+        return self.feats
+
+
+def test_patchcore_scores_match_brute_force_nearest_neighbour():
+    from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer, _nn_sq_dist
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(300, 7, generator=g)
+    q = torch.randn(2, 50, 7, generator=g)
+    aug = torch.cat([-2 * bank.t(), (bank * bank).sum(1)[None]], 0)
+    ref = torch.cdist(q, bank[None].expand(2, -1, -1)).amin(-1) ** 2
+    for chunk in (300, 64, 7):   # tiled and untiled give the same minimum
+        assert torch.allclose(_nn_sq_dist(q, aug, chunk), ref, atol=1e-4)
+
+
+def test_patchcore_reweighting_follows_the_paper():
+    """s = (1 - exp(d*)/Σ_{N_b(m*)} exp(d)) · s*, with N_b(m*) the b nearest bank rows of m*."""
+    from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer
+
+    cfg = PatchCoreConfig(num_neighbors=3, bank_chunk=5)
+    scorer = PatchCoreScorer(cfg, pretrained=False)
+    g = torch.Generator().manual_seed(1)
+    bank = torch.randn(12, scorer.features.channels, generator=g)
+    scorer.set_bank(bank)
+    feats = torch.randn(1, scorer.features.channels, 2, 2, generator=g)
+    scorer.features = Fixed(feats)
+    patch, score = scorer(torch.zeros(1, 3, 16, 16))
+    q = feats.flatten(2)[0].t()
+    d = torch.cdist(q, bank)
+    s_star, p = d.amin(1).max(0)
+    m_star = d[p].argmin()
+    nb = torch.cdist(bank[m_star][None], bank)[0].argsort()[:3]
+    w = 1 - torch.exp(d[p, nb[0]]) / torch.exp(d[p, nb]).sum()
+    assert torch.allclose(patch.flatten(), d.amin(1), atol=1e-4)
+    assert torch.allclose(score[0], w * s_star, atol=1e-4)
+
+
+def test_greedy_coreset_is_k_center_and_deterministic():
+    from adrt.train.patchcore.model import greedy_coreset
+
+    g = torch.Generator().manual_seed(0)
+    # Three tight clusters: a 3-point coreset must pick one point from each.
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    pts = torch.cat([c + 0.1 * torch.randn(40, 2, generator=g) for c in centers])
+    sel = greedy_coreset(pts, 3, projection_dim=0, seed=3)
+    assert sorted((sel // 40).tolist()) == [0, 1, 2]
+    assert torch.equal(sel, greedy_coreset(pts, 3, projection_dim=0, seed=3))
+
+
+def test_padim_gaussians_match_numpy_reference():
+    from adrt.train.padim.model import fit_gaussians
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(30, 5, 2, 3, generator=g) * torch.arange(1, 6).view(1, 5, 1, 1)
+    mean, inv_cov, shrink = fit_gaussians(feats, eps=0.01)
+    x = feats[:, :, 1, 2].double().numpy()            # position (1, 2) → index 5
+    n, d = x.shape
+    xc = x - x.mean(0)
+    s = xc.T @ xc / n
+    mu = np.trace(s) / d
+    d2 = ((s - mu * np.eye(d)) ** 2).sum()
+    b2 = min(sum(((np.outer(v, v) - s) ** 2).sum() for v in xc) / n**2, d2)
+    a = b2 / d2
+    cov = ((1 - a) * s + a * mu * np.eye(d)) * n / (n - 1) + 0.01 * np.eye(d)
+    assert np.allclose(mean[5].numpy(), x.mean(0), atol=1e-5)
+    assert np.isclose(float(shrink[5]), a, atol=1e-6)
+    assert np.allclose(inv_cov[5].numpy(), np.linalg.inv(cov), rtol=1e-4, atol=1e-5)
+
+
+def test_padim_map_is_mahalanobis_distance():
+    from adrt.train.padim.model import PaDiMConfig, PaDiMScorer
+
+    scorer = PaDiMScorer(PaDiMConfig(n_features=4), pretrained=False)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, scorer.features.channels, 2, 2, generator=g)
+    scorer.features = Fixed(feats)
+    a = torch.randn(4, 4, 4, generator=g)
+    inv = a @ a.transpose(1, 2) + torch.eye(4)
+    mean = torch.randn(4, 4, generator=g)
+    scorer.set_gaussians(mean, inv)
+    m, score = scorer(torch.zeros(2, 3, 16, 16))
+    assert score is None
+    f = feats[:, scorer.channel_idx].flatten(2)       # N×d×P
+    for i in range(2):
+        for p in range(4):
+            diff = f[i, :, p] - mean[p]
+            assert torch.isclose(m.flatten(1)[i, p], (diff @ inv[p] @ diff).sqrt(), atol=1e-4)
+
+
+def test_training_on_too_few_images_says_how_many_are_needed(tmp_path):
+    from adrt.errors import DataError
+    from adrt.synth import make_dataset
+    from adrt.train.fit import train
+
+    data = make_dataset(tmp_path / "d", size=32, n_train=3, n_test_good=1, n_test_defect=2)
+    with pytest.raises(DataError, match="need at least"):
+        train("padim", data, tmp_path / "run", size=32, log=lambda *a, **k: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_folder_round_trip_and_version_check(runs, tmp_path):
+    import json
+    import shutil
+
+    from adrt.train.fit import load_run
+
+    run, _ = runs("padim")
+    det, meta = load_run(run)
+    x = torch.randint(0, 256, (2, SIZE, SIZE, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        a = det(x)
+        b = load_run(run)[0](x)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    meta["checkpoint_version"] = 99
+    (bad / "detector.json").write_text(json.dumps(meta))
+    with pytest.raises(AdrtError, match="checkpoint version 99"):
+        load_run(bad)
+    with pytest.raises(AdrtError, match="not a run folder"):
+        load_run(tmp_path)

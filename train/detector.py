@@ -1,0 +1,184 @@
+"""The fused detector: uint8 NHWC images in, normalised anomaly map and score out.
+
+Every method provides a *scorer* (an ``nn.Module`` mapping normalised NCHW float images to a
+patch-level raw map ``(N, h, w)`` and, optionally, its own image score ``(N,)``). ``Detector``
+wraps it with everything else that the exported graph contains: cast, scale, mean/std and layout
+change in front; upsampling to input size, Gaussian smoothing and calibration behind. Its eval
+forward *is* the graph that ``adrt export`` writes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the graph takes: uint8 N×H×W×C; resize to H×W is the runtime's job (rule recorded)."""
+
+    height: int
+    width: int
+    channels: int = 3
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # applied to pixel/255
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    resize: str = "bilinear"
+    color: str = "rgb"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian with radius ceil(4·sigma), as in the PatchCore paper's smoothing."""
+    radius = max(1, math.ceil(4.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def blur_matrix(n: int, sigma: float) -> torch.Tensor:
+    """n×n matrix K with K @ v = Gaussian-smoothed v under reflect padding (pad < n; folded in)."""
+    k = gaussian_kernel1d(sigma)
+    r = k.numel() // 2
+    mat = torch.zeros(n, n)
+    for i in range(n):
+        for t in range(-r, r + 1):
+            j = i + t
+            # reflect (no edge repeat), folding again for kernels wider than the signal
+            while j < 0 or j >= n:
+                j = -j if j < 0 else 2 * (n - 1) - j
+            mat[i, j] += k[t + r]
+    return mat
+
+
+class GaussianBlur(nn.Module):
+    """Gaussian blur of an N×H×W map, reflect padding, as two matmuls with banded matrices.
+
+    # matmul, not conv: a 1-channel 33-tap conv is slow on every backend, a GEMM is not, and the
+    # reflect padding is folded into the matrices so no Pad op is needed.
+    """
+
+    def __init__(self, sigma: float, height: int, width: int):
+        super().__init__()
+        self.sigma = float(sigma)
+        if self.sigma > 0:
+            self.register_buffer("k_h", blur_matrix(height, sigma), persistent=False)
+            self.register_buffer("k_w_t", blur_matrix(width, sigma).t().contiguous(), persistent=False)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return m
+        return self.k_h @ (m @ self.k_w_t)
+
+
+class Detector(nn.Module):
+    """uint8 ``image`` N×H×W×C → (``anomaly_map`` N×H×W, ``score`` N, ``raw_map``, ``raw_score``).
+
+    ``anomaly_map``/``score`` are calibrated so that 0.5 is the threshold:
+    ``sigmoid((raw - threshold) / scale)`` with threshold and scale measured on held-out normal
+    images (monotone, so rankings and AUROC are those of the raw values).
+    """
+
+    output_names = ("anomaly_map", "score", "raw_map", "raw_score")
+
+    def __init__(self, scorer: nn.Module, spec: InputSpec, sigma: float = 4.0):
+        super().__init__()
+        self.scorer = scorer
+        self.spec = spec
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.blur = GaussianBlur(sigma, spec.height, spec.width)
+        # Calibration (raw units). Identity-ish until calibrate() fills them.
+        self.register_buffer("map_threshold", torch.tensor(0.0))
+        self.register_buffer("map_scale", torch.tensor(1.0))
+        self.register_buffer("score_threshold", torch.tensor(0.0))
+        self.register_buffer("score_scale", torch.tensor(1.0))
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 N×H×W×C → normalised float N×C×H×W (inside the graph, so callers pass frames as they come)."""
+        x = image.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)
+        return (x - self.mean) / self.std
+
+    def raw(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated map N×H×W (upsampled, smoothed) and score N."""
+        x = self.preprocess(image)
+        patch_map, patch_score = self.scorer(x)
+        m = F.interpolate(patch_map.unsqueeze(1), size=(self.spec.height, self.spec.width),
+                          mode="bilinear", align_corners=False).squeeze(1)
+        m = self.blur(m)
+        score = patch_score if patch_score is not None else m.flatten(1).amax(dim=1)
+        return m, score
+
+    def forward(self, image: torch.Tensor):
+        raw_map, raw_score = self.raw(image)
+        amap = torch.sigmoid((raw_map - self.map_threshold) / self.map_scale)
+        score = torch.sigmoid((raw_score - self.score_threshold) / self.score_scale)
+        return amap, score, raw_map, raw_score
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Statistics of raw outputs on held-out normal images, and the thresholds derived from them."""
+
+    n_images: int
+    score_mean: float
+    score_std: float
+    score_max: float
+    score_threshold: float
+    score_scale: float
+    map_mean: float
+    map_std: float
+    map_q999: float
+    map_threshold: float
+    map_scale: float
+    rule: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def run_raw(detector: Detector, images, batch_size: int = 8):
+    """Raw maps and scores (numpy) for uint8 N×H×W×C images, in batches."""
+    maps, scores = [], []
+    for i in range(0, len(images), batch_size):
+        m, s = detector.raw(torch.from_numpy(images[i : i + batch_size]))
+        maps.append(m.numpy())
+        scores.append(s.numpy())
+    import numpy as np
+
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0) -> Calibration:
+    """Set thresholds from held-out normal images: threshold = mean + k·std of the normal values,
+    scale = std (so the normalised output crosses 0.5 at the threshold)."""
+    import numpy as np
+
+    detector.eval()
+    maps, scores = run_raw(detector, normal_images)
+    s_mean, s_std = float(scores.mean()), float(scores.std())
+    m_mean, m_std = float(maps.mean()), float(maps.std())
+    s_std = max(s_std, 1e-6 * max(abs(s_mean), 1.0))
+    m_std = max(m_std, 1e-6 * max(abs(m_mean), 1.0))
+    cal = Calibration(
+        n_images=len(normal_images), score_mean=s_mean, score_std=s_std, score_max=float(scores.max()),
+        score_threshold=s_mean + k_score * s_std, score_scale=s_std,
+        map_mean=m_mean, map_std=m_std, map_q999=float(np.quantile(maps, 0.999)),
+        map_threshold=m_mean + k_map * m_std, map_scale=m_std,
+        rule=f"threshold = mean + k*std of held-out normal raw values (k_score={k_score}, k_map={k_map}); "
+             "normalised = sigmoid((raw - threshold) / std)",
+    )
+    apply_calibration(detector, cal)
+    return cal
+
+
+def apply_calibration(detector: Detector, cal: Calibration) -> None:
+    detector.score_threshold.fill_(cal.score_threshold)
+    detector.score_scale.fill_(cal.score_scale)
+    detector.map_threshold.fill_(cal.map_threshold)
+    detector.map_scale.fill_(cal.map_scale)

@@ -1,0 +1,57 @@
+"""Multi-tap feature maps from the pretrained backbone, resampled onto one grid."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adrt.train.backbone import EfficientNetLite, load_pretrained, tap_info, taps_for_strides
+
+
+class TapFeatures(nn.Module):
+    """Concatenated backbone taps on a grid of stride ``grid_stride`` → N×C×(H/g)×(W/g).
+
+    ``local``: average each tap over a ``local``×``local`` neighbourhood first (PatchCore's
+    locally aware patch features). Finer taps are average-pooled down to the grid, coarser ones
+    bilinearly upsampled.
+    """
+
+    def __init__(self, variant: str, strides: Sequence[int], grid_stride: int, local: int = 1,
+                 pretrained: bool = True):
+        super().__init__()
+        self.backbone = load_pretrained(variant) if pretrained else EfficientNetLite(variant).eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.taps = taps_for_strides(variant, list(strides))
+        info = {t["block"]: t for t in tap_info(variant)}
+        self.tap_strides = [info[t]["stride"] for t in self.taps]
+        self.channels = sum(info[t]["channels"] for t in self.taps)
+        self.grid_stride = grid_stride
+        self.local = local
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // self.grid_stride, x.shape[-1] // self.grid_stride
+        out = []
+        for f, s in zip(self.backbone.features(x, self.taps), self.tap_strides):
+            if self.local > 1:
+                f = F.avg_pool2d(f, self.local, stride=1, padding=self.local // 2, count_include_pad=False)
+            if s < self.grid_stride:
+                f = F.adaptive_avg_pool2d(f, (h, w))
+            elif f.shape[-2:] != (h, w):
+                f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
+            out.append(f)
+        return torch.cat(out, dim=1)
+
+
+@torch.inference_mode()
+def embed_images(features: nn.Module, preprocess, images, batch_size: int = 8, progress=None) -> torch.Tensor:
+    """Feature maps N×C×h×w for uint8 N×H×W×C images (numpy), computed in batches."""
+    outs = []
+    for i in range(0, len(images), batch_size):
+        x = preprocess(torch.from_numpy(images[i : i + batch_size]))
+        outs.append(features(x))
+        if progress is not None:
+            progress(min(i + batch_size, len(images)), len(images))
+    return torch.cat(outs)

@@ -1,0 +1,149 @@
+"""Training pipeline: dataset → fitted scorer → calibrated Detector → run folder.
+
+A run folder holds ``detector.json`` (method, config, input spec, calibration, data summary) and
+``weights.pt`` (a plain state dict, loaded with ``weights_only=True``: no pickled objects).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adrt._version import __version__
+from adrt.data import Dataset, load_images, split_holdout
+from adrt.errors import AdrtError
+from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate
+from adrt.train.registry import get_method
+
+CHECKPOINT_VERSION = 1
+
+
+def make_config(method: str, overrides: dict | None = None):
+    """The method's frozen config with ``overrides`` applied; unknown keys raise listing the valid ones."""
+    cls = get_method(method)
+    names = {f.name: f for f in fields(cls.Config)}
+    kw = {}
+    for k, v in (overrides or {}).items():
+        if k not in names:
+            raise AdrtError(f"{method} has no option {k!r}; options: {', '.join(names)}")
+        default = getattr(cls.Config(), k)
+        kw[k] = _coerce(k, v, default)
+    return cls.Config(**kw)
+
+
+def _coerce(key, value, default):
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            return value.lower() in ("1", "true", "yes")
+        if isinstance(default, tuple):
+            return tuple(type(default[0])(v) for v in value.split(","))
+        return type(default)(value)
+    except ValueError:
+        raise AdrtError(f"option {key}={value!r}: expected a value like {default!r}") from None
+
+
+def _log(msg: str = "", end: str = "\n") -> None:
+    # Progress goes to stderr: \r-updates on a terminal, whole lines elsewhere.
+    if end == "\r" and not sys.stderr.isatty():
+        return
+    print(msg, end=end, file=sys.stderr, flush=True)
+
+
+def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
+          seed: int = 0, holdout: float = 0.1, min_holdout: int = 4, options: dict | None = None,
+          threads: int | None = None, log=_log) -> Path:
+    """Fit ``method`` on the normal images of ``data`` and write a run folder to ``out``.
+
+    A fraction ``holdout`` of the normal training images (at least ``min_holdout``) is kept out
+    of fitting and used to calibrate the threshold. Returns the run folder.
+    """
+    cfg = make_config(method, options)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    ds = Dataset.open(data)
+    fit_paths, hold_paths = split_holdout(ds.train, holdout, min_holdout, seed)
+    spec = InputSpec(height=size, width=size)
+    t0 = time.perf_counter()
+    log(f"{method}: {len(fit_paths)} images to fit, {len(hold_paths)} held out for calibration, {size}x{size}")
+    fit_imgs = load_images(fit_paths, size, size)
+    cls = get_method(method)
+    probe = Detector(torch.nn.Identity(), spec)
+    scorer = cls.fit(cfg, fit_imgs, probe.preprocess, seed=seed, log=log)
+    det = Detector(scorer, spec, sigma=cfg.sigma).eval()
+    cal = calibrate(det, load_images(hold_paths, size, size))
+    seconds = time.perf_counter() - t0
+    log(f"  trained in {seconds:.1f} s; image threshold {cal.score_threshold:.4g} (raw)")
+    meta = {
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "adrt_version": __version__,
+        "method": method,
+        "config": asdict(cfg),
+        "input": spec.to_dict(),
+        "calibration": cal.to_dict(),
+        "training": {
+            "data": str(Path(data).resolve()), "dataset": ds.name, "n_fit": len(fit_paths),
+            "n_holdout": len(hold_paths), "seed": seed, "seconds": round(seconds, 2),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+        },
+    }
+    return save_run(det, meta, out)
+
+
+def save_run(det: Detector, meta: dict, out) -> Path:
+    """Write weights + metadata to a temporary folder, then move it into place (no half-written run)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        torch.save(det.state_dict(), tmp / "weights.pt")
+        (tmp / "detector.json").write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_run(run) -> tuple[Detector, dict]:
+    """Rebuild the Detector of a run folder (no pretrained weights needed: all are in weights.pt)."""
+    run = Path(run)
+    meta_path, w_path = run / "detector.json", run / "weights.pt"
+    for p in (meta_path, w_path):
+        if not p.is_file():
+            raise AdrtError(f"{run}: not a run folder ({p.name} missing); create one with `adrt train`")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("checkpoint_version") != CHECKPOINT_VERSION:
+        raise AdrtError(f"{run}: checkpoint version {meta.get('checkpoint_version')!r}, "
+                        f"this adrt reads version {CHECKPOINT_VERSION}")
+    cls = get_method(meta["method"])
+    cfg = cls.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()})
+    det = Detector(cls.build(cfg), spec, sigma=cfg.sigma)
+    state = torch.load(w_path, map_location="cpu", weights_only=True)
+    _resize_buffers(det, state)
+    det.load_state_dict(state)
+    apply_calibration(det, Calibration(**meta["calibration"]))
+    return det.eval(), meta
+
+
+def _resize_buffers(module: torch.nn.Module, state: dict) -> None:
+    # Data-sized buffers (memory bank, Gaussians) start empty; give them the saved shapes.
+    for name, buf in list(module.named_buffers()):
+        if name in state and buf.shape != state[name].shape:
+            owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
+            setattr(owner, name.rpartition(".")[2], torch.empty_like(state[name]))
+
+

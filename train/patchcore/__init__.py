@@ -1,0 +1,34 @@
+"""PatchCore: memory bank of locally aware patch features, nearest-neighbour scoring."""
+from __future__ import annotations
+
+import torch
+
+from adrt.train.features import embed_images
+from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer, greedy_coreset
+from adrt.train.registry import register
+
+
+@register("patchcore")
+class PatchCore:
+    """Fit: embed every training patch, keep a greedy coreset as the memory bank."""
+
+    Config = PatchCoreConfig
+
+    @staticmethod
+    def build(cfg: PatchCoreConfig, pretrained: bool = False) -> PatchCoreScorer:
+        return PatchCoreScorer(cfg, pretrained=pretrained)
+
+    @staticmethod
+    def fit(cfg: PatchCoreConfig, images, preprocess, seed: int = 0, log=print) -> PatchCoreScorer:
+        scorer = PatchCoreScorer(cfg, pretrained=True).eval()
+        feats = embed_images(scorer.features, preprocess, images,
+                             progress=lambda i, n: log(f"  features {i}/{n}", end="\r"))
+        log("")
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).contiguous()
+        n_keep = max(cfg.num_neighbors, int(round(cfg.coreset_ratio * flat.shape[0])))
+        idx = greedy_coreset(flat, n_keep, cfg.projection_dim, seed=seed,
+                             progress=lambda i, n: log(f"  coreset {i}/{n}", end="\r"))
+        log("")
+        scorer.set_bank(flat[idx])
+        log(f"  memory bank {scorer.bank_size}×{flat.shape[1]} from {flat.shape[0]} patches")
+        return scorer

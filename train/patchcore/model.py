@@ -1,0 +1,127 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+Locally aware patch features from two backbone taps, a greedy-coreset memory bank (with the
+paper's random-projection speed-up), nearest-neighbour patch scores and the paper's image-score
+reweighting. All scoring is in the module's forward, so it is in the exported graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adrt.train.features import TapFeatures
+
+
+@dataclass(frozen=True)
+class PatchCoreConfig:
+    backbone: str = "lite0"
+    tap_strides: tuple[int, ...] = (8, 16)
+    grid_stride: int = 8
+    patch_size: int = 3          # neighbourhood of the locally aware features
+    coreset_ratio: float = 0.01  # fraction of training patches kept (paper: 1–25 %; 1 % loses nothing on bottle, 5× faster)
+    projection_dim: int = 128    # random projection used only while selecting the coreset
+    num_neighbors: int = 9       # b in the paper's reweighting
+    bank_chunk: int = 4096       # bank rows per matmul tile in the graph: bounds memory for large banks
+    sigma: float = 4.0           # Gaussian smoothing of the upsampled map
+
+
+def _sq_dists(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    # matmul, not cdist: |q|² - 2 q·b + |b|² exports to ONNX/TensorRT as a GEMM.
+    q_sq = (q * q).sum(-1, keepdim=True)
+    return (q_sq - 2.0 * (q @ bank.t()) + bank_sq).clamp_min(0.0)
+
+
+def _nn_sq_dist(q: torch.Tensor, bank_aug: torch.Tensor, chunk: int) -> torch.Tensor:
+    """min_b |q - b|² for each row of q (N×P×D); bank_aug is (D+1)×M = [-2·bankᵀ; |b|²].
+
+    One GEMM per bank tile gives |b|² - 2 q·b directly ([q, 1] @ bank_aug); |q|² is added after
+    the minimum, so no full-size elementwise pass is needed. Tiles bound memory for large banks.
+    """
+    q1 = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)
+    mins = [(q1 @ bank_aug[:, s : s + chunk]).amin(-1) for s in range(0, bank_aug.shape[1], chunk)]
+    m = mins[0] if len(mins) == 1 else torch.stack(mins, -1).amin(-1)
+    return (m + (q * q).sum(-1)).clamp_min(0.0)
+
+
+class PatchCoreScorer(nn.Module):
+    def __init__(self, cfg: PatchCoreConfig, pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.features = TapFeatures(cfg.backbone, cfg.tap_strides, cfg.grid_stride, local=cfg.patch_size,
+                                    pretrained=pretrained)
+        d = self.features.channels
+        # The memory bank M×D is stored as bank_aug = [-2·bankᵀ; |b|²] ((D+1)×M), the form the
+        # distance GEMM uses; bank_knn holds each bank row's b nearest rows (for reweighting).
+        self.register_buffer("bank_aug", torch.zeros(d + 1, 0))
+        self.register_buffer("bank_knn", torch.zeros(0, cfg.num_neighbors, dtype=torch.int64))
+
+    @property
+    def bank_size(self) -> int:
+        return self.bank_aug.shape[1]
+
+    def set_bank(self, bank: torch.Tensor) -> None:
+        bank = bank.contiguous().float()
+        self.bank_knn = bank_neighbours(bank, self.cfg.num_neighbors, self.cfg.bank_chunk)
+        self.bank_aug = torch.cat([-2.0 * bank.t(), (bank * bank).sum(1)[None]], 0).contiguous()
+
+    def forward(self, x: torch.Tensor):
+        f = self.features(x)                                  # N×D×h×w
+        n, d, h, w = f.shape
+        q = f.flatten(2).transpose(1, 2)                       # N×P×D
+        patch = _nn_sq_dist(q, self.bank_aug, self.cfg.bank_chunk).sqrt()    # N×P nearest-neighbour distance
+        # Image score (paper eq. 7): s* = max patch score, reweighted by how isolated the
+        # nearest bank element m* of that patch is among its own b neighbours in the bank.
+        s_star, idx = patch.max(dim=1)                         # N
+        q_star = torch.gather(q, 1, idx.view(n, 1, 1).expand(n, 1, d)).squeeze(1)            # N×D
+        q1 = torch.cat([q_star, torch.ones_like(q_star[:, :1])], dim=1)
+        d_all = (q1 @ self.bank_aug + (q_star * q_star).sum(1, keepdim=True)).clamp_min(0.0)   # N×M, one query per image
+        m_star = d_all.argmin(dim=1)                           # N
+        nb = self.bank_knn[m_star]                             # N×b (m* itself first)
+        d_nb = torch.gather(d_all, 1, nb).sqrt()               # N×b
+        weight = 1.0 - torch.softmax(d_nb, dim=1)[:, 0]
+        return patch.view(n, h, w), weight * s_star
+
+
+@torch.no_grad()
+def bank_neighbours(bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """Indices M×k of each bank row's k nearest rows (itself first)."""
+    k = min(k, bank.shape[0])
+    sq = (bank * bank).sum(1)
+    out = []
+    for s in range(0, bank.shape[0], chunk):
+        d = _sq_dists(bank[s : s + chunk], bank, sq)
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = -1.0   # self first
+        out.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 128, seed: int = 0,
+                   chunk: int = 65536, progress=None) -> torch.Tensor:
+    """Greedy k-center coreset (paper Alg. 1) on a Johnson–Lindenstrauss random projection.
+
+    features: M×D. Returns the indices (n_select,) of the selected rows.
+    """
+    m, d = features.shape
+    n_select = max(1, min(n_select, m))
+    g = torch.Generator().manual_seed(seed)
+    if projection_dim and projection_dim < d:
+        proj = torch.randn(d, projection_dim, generator=g) / projection_dim ** 0.5
+        z = features @ proj
+    else:
+        z = features
+    z_sq = (z * z).sum(1)
+    sel = torch.empty(n_select, dtype=torch.int64)
+    sel[0] = torch.randint(m, (1,), generator=g)
+    min_d = torch.full((m,), float("inf"))
+    for i in range(n_select):
+        c = z[sel[i]]
+        dist = (z_sq - 2.0 * (z @ c) + c @ c).clamp_min(0.0)
+        torch.minimum(min_d, dist, out=min_d)
+        if i + 1 < n_select:
+            sel[i + 1] = torch.argmax(min_d)
+        if progress is not None and (i % 256 == 0 or i + 1 == n_select):
+            progress(i + 1, n_select)
+    return sel
