@@ -19,6 +19,7 @@ _COMMANDS = {
     "synth": ("adrt.commands", "synth", "Write a procedural dataset (textures with painted defects) in MVTec layout."),
     "methods": ("adrt.train.cli", "methods", "List registered methods and their options."),
     "demo": ("adrt.train.cli", "demo", "The whole path on a generated dataset: train, export, eval, infer, bench."),
+    "build-capi": ("adrt.runtime.capi.build", "build_capi", "Build the C API (libadrt + adrt.h) and its example program."),
 }
 
 

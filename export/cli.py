@@ -13,6 +13,8 @@ def export_run(run, out, data=None) -> Path:
     from adrt.train.fit import load_run
 
     det, meta = load_run(run)
+    # Lets `adrt bench` find the torch detector of this bundle on the training machine.
+    meta["training"]["run_folder"] = str(Path(run).resolve())
     samples = None
     if data is not None:
         ds = Dataset.open(data)

@@ -24,11 +24,19 @@ class PatchCore:
         feats = embed_images(scorer.features, preprocess, images,
                              progress=lambda i, n: log(f"  features {i}/{n}", end="\r"))
         log("")
-        flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).contiguous()
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+        n_all = flat.shape[0]
+        if cfg.coreset_max_patches and n_all > cfg.coreset_max_patches:
+            # Deviation from the paper for CPU training: greedy selection runs on a uniform random
+            # subsample (each greedy step costs one pass over all candidates).
+            g = torch.Generator().manual_seed(seed)
+            flat = flat[torch.randperm(n_all, generator=g)[: cfg.coreset_max_patches]]
+            log(f"  {n_all} patches, coreset searched on a random {flat.shape[0]}")
+        flat = flat.contiguous()
         n_keep = max(cfg.num_neighbors, int(round(cfg.coreset_ratio * flat.shape[0])))
         idx = greedy_coreset(flat, n_keep, cfg.projection_dim, seed=seed,
                              progress=lambda i, n: log(f"  coreset {i}/{n}", end="\r"))
         log("")
         scorer.set_bank(flat[idx])
-        log(f"  memory bank {scorer.bank_size}×{flat.shape[1]} from {flat.shape[0]} patches")
+        log(f"  memory bank {scorer.bank_size}×{flat.shape[1]} from {n_all} patches")
         return scorer

@@ -22,6 +22,8 @@ class PatchCoreConfig:
     patch_size: int = 3          # neighbourhood of the locally aware features
     coreset_ratio: float = 0.01  # fraction of training patches kept (paper: 1–25 %; 1 % loses nothing on bottle, 5× faster)
     projection_dim: int = 128    # random projection used only while selecting the coreset
+    coreset_max_patches: int = 250_000  # random subsample entering the greedy search (0: all). Each
+                                        # greedy step reads every candidate once; this bounds CPU time
     num_neighbors: int = 9       # b in the paper's reweighting
     bank_chunk: int = 4096       # bank rows per matmul tile in the graph: bounds memory for large banks
     sigma: float = 4.0           # Gaussian smoothing of the upsampled map

@@ -1,0 +1,204 @@
+"""The Python side of libadrt: the bodies of the ``adrt__py_*`` functions behind adrt.h.
+
+Runs inside the interpreter that libadrt embeds; :func:`bind` registers the functions with the
+library's cffi ``ffi`` (``ffi.def_extern``). Everything is done by the runtime itself
+(``adrt.runtime.load`` and ``Session.run``); this module only turns C arguments into numpy views
+of the caller's memory, keeps the handle table, and turns exceptions into status codes and
+messages. Imports numpy and adrt.runtime only, never torch.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from adrt.errors import AdrtError, BackendError, BundleError, InputError
+
+# Status codes: the values of adrt_status in adrt.h.
+OK, E_NULL, E_ARGUMENT, E_HANDLE, E_BUNDLE, E_BACKEND, E_INPUT, E_BUFFER, E_PYTHON, E_INTERNAL = range(10)
+RAN = 0x100  # set on every return from Python, see _internal.h
+
+_ERRORS = ((BundleError, E_BUNDLE), (BackendError, E_BACKEND), (InputError, E_INPUT))
+
+
+class _Failure(Exception):
+    """A refused call: status code and message for the caller."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _Entry:
+    def __init__(self, session):
+        self.session = session
+        self.in_flight = 0
+
+
+class HandleTable:
+    """Open sessions by handle number. Numbers start at 1 and are never reused, so a closed or
+    made-up handle is refused by number rather than reaching a freed session."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._open: dict[int, _Entry] = {}
+        self._next = 1
+
+    def add(self, session) -> int:
+        with self._cond:
+            h = self._next
+            self._next += 1
+            self._open[h] = _Entry(session)
+            return h
+
+    def acquire(self, handle: int, fn: str) -> _Entry:
+        """The entry of an open handle, counted as in use until :meth:`release`."""
+        with self._cond:
+            entry = self._open.get(handle)
+            if entry is None:
+                raise _Failure(E_HANDLE, self._why_not_open(handle, fn))
+            entry.in_flight += 1
+            return entry
+
+    def release(self, entry: _Entry) -> None:
+        with self._cond:
+            entry.in_flight -= 1
+            self._cond.notify_all()
+
+    def close(self, handle: int) -> None:
+        """Refuse new calls on ``handle`` at once, wait for the ones in flight, then close it."""
+        with self._cond:
+            entry = self._open.pop(handle, None)
+            if entry is None:
+                raise _Failure(E_HANDLE, self._why_not_open(handle, "adrt_close"))
+            self._cond.wait_for(lambda: entry.in_flight == 0)
+        entry.session.close()
+
+    def _why_not_open(self, handle: int, fn: str) -> str:
+        if 1 <= handle < self._next:
+            return f"{fn}: handle {handle} was closed; expected an open handle from adrt_open"
+        return (f"{fn}: handle {handle} was never opened; expected a handle set by a successful "
+                f"adrt_open (0 is never valid)")
+
+
+def bind(ffi, lib, built_for: str) -> None:
+    """Register the adrt__py_* functions with libadrt's ``ffi``.
+
+    ``built_for`` is the adrt version the library was compiled from; an installed adrt of another
+    version is refused (the C and Python halves must come from the same build).
+    """
+    from adrt._version import __version__
+    from adrt.runtime import backend_names, load
+
+    if __version__ != built_for:
+        raise ImportError(f"libadrt was built from adrt {built_for}, but this Python imports adrt "
+                          f"{__version__}; rebuild it with `adrt build-capi`")
+    table = HandleTable()
+
+    def fail(status: int, message: str) -> int:
+        lib.adrt__set_error(message.encode("utf-8", "replace"))
+        return RAN | status
+
+    def guarded(fn):
+        """Any exception becomes a status and a message: nothing reaches cffi's stderr printer."""
+        name = "adrt_" + fn.__name__
+
+        def call(*args):
+            try:
+                fn(*args)
+                return RAN | OK
+            except _Failure as e:
+                return fail(e.status, str(e))
+            except AdrtError as e:
+                status = next((s for t, s in _ERRORS if isinstance(e, t)), E_INTERNAL)
+                return fail(status, f"{name}: {e}")
+            except BaseException as e:  # a host must never be brought down by an exception here
+                return fail(E_INTERNAL, f"{name}: unexpected {type(e).__name__}: {e}")
+
+        ffi.def_extern(name="adrt__py_" + fn.__name__, error=RAN | E_INTERNAL)(call)
+        return fn
+
+    @guarded
+    def open(path_p, backend_p, threads, handle_p):  # noqa: A001 - the C name
+        path = os.fsdecode(ffi.string(path_p))
+        backend = "ort-cpu" if backend_p == ffi.NULL else ffi.string(backend_p).decode("utf-8", "replace")
+        if backend not in backend_names():
+            raise _Failure(E_ARGUMENT, f"adrt_open: backend {backend!r} is unknown; expected one of "
+                                       f"{', '.join(backend_names())} (or NULL for ort-cpu)")
+        if threads < 0:
+            raise _Failure(E_ARGUMENT, f"adrt_open: threads = {threads}; expected 0 (ONNX Runtime's "
+                                       f"default) or a positive thread count")
+        if not path:
+            raise _Failure(E_BUNDLE, "adrt_open: bundle_path is empty; expected the path of a bundle folder or .zip")
+        session = load(path, backend=backend, threads=threads or None)
+        handle_p[0] = table.add(session)
+
+    @guarded
+    def input_size(handle, height_p, width_p, channels_p):
+        entry = table.acquire(handle, "adrt_input_size")
+        try:
+            s = entry.session
+            height_p[0], width_p[0], channels_p[0] = s.height, s.width, s.channels
+        finally:
+            table.release(entry)
+
+    @guarded
+    def precision(handle, buffer, size):
+        entry = table.acquire(handle, "adrt_precision")
+        try:
+            models = entry.session.bundle.manifest.get("models", {})
+            value = models.get("fp32", {}).get("precision")
+            if not isinstance(value, str):
+                raise _Failure(E_BUNDLE, f"adrt_precision: the manifest's models.fp32.precision is "
+                                         f"{value!r}; expected a string such as 'fp32'")
+            data = value.encode("utf-8") + b"\0"
+            if size < len(data):
+                raise _Failure(E_BUFFER, f"adrt_precision: size = {size}; expected at least {len(data)} "
+                                         f"(the precision {value!r} and its NUL)")
+            ffi.memmove(buffer, data, len(data))
+        finally:
+            table.release(entry)
+
+    @guarded
+    def threshold(handle, threshold_p):
+        entry = table.acquire(handle, "adrt_threshold")
+        try:
+            threshold_p[0] = entry.session.threshold
+        finally:
+            table.release(entry)
+
+    @guarded
+    def run(handle, images, images_len, n, height, width, channels, maps, maps_len, scores, scores_len):
+        shape = (n, height, width, channels)
+        if min(shape) < 1:
+            raise _Failure(E_ARGUMENT, f"adrt_run: n, height, width, channels = {n}, {height}, {width}, "
+                                       f"{channels}; expected all ≥ 1")
+        need = n * height * width * channels
+        if images_len != need:
+            raise _Failure(E_BUFFER, f"adrt_run: images_len = {images_len}; expected n*height*width*channels "
+                                     f"= {n}*{height}*{width}*{channels} = {need}")
+        entry = table.acquire(handle, "adrt_run")
+        try:
+            s = entry.session
+            # A view of the caller's bytes, not a copy; the runtime checks it against the bundle.
+            batch = np.frombuffer(ffi.buffer(images, need), dtype=np.uint8).reshape(shape)
+            batch.flags.writeable = False
+            s.check_batch(batch)
+            need_maps = n * s.height * s.width
+            if maps != ffi.NULL and maps_len < need_maps:
+                raise _Failure(E_BUFFER, f"adrt_run: maps_len = {maps_len}; expected at least n*H*W = "
+                                         f"{n}*{s.height}*{s.width} = {need_maps} floats")
+            if scores_len < n:
+                raise _Failure(E_BUFFER, f"adrt_run: scores_len = {scores_len}; expected at least n = {n}")
+            r = s.run(batch)
+            # The one copy: the runtime's output arrays into the caller's buffers.
+            ffi.memmove(scores, np.ascontiguousarray(r.scores, dtype=np.float32), 4 * n)
+            if maps != ffi.NULL:
+                ffi.memmove(maps, np.ascontiguousarray(r.maps, dtype=np.float32), 4 * need_maps)
+        finally:
+            table.release(entry)
+
+    @guarded
+    def close(handle):
+        table.close(handle)

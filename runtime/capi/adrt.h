@@ -1,0 +1,97 @@
+/* adrt.h: the C API of the adrt runtime (libadrt).
+ *
+ * Run an adrt bundle (fused ONNX anomaly detector + manifest) from C or C++. The library embeds
+ * the Python runtime (adrt.runtime: numpy + ONNX Runtime, never torch) through cffi; it is built
+ * from an installed adrt with `adrt build-capi --out DIR`, which also prints the command to
+ * compile against it:
+ *
+ *     cc app.c -I DIR -L DIR -ladrt -Wl,-rpath,DIR -o app
+ *
+ * Conventions
+ *   - Every function returns an adrt_status: ADRT_OK (0) or a positive error code. On an error
+ *     adrt_last_error() gives a one-line message naming the offending value and what was expected.
+ *     Nothing aborts the host process on bad input.
+ *   - Buffers belong to the caller. Lengths are counts of elements (bytes for uint8, floats for
+ *     float), never guessed from the pointers.
+ *   - Images are uint8, N×H×W×C (NHWC, RGB), contiguous, at exactly the bundle's input size:
+ *     resizing is the caller's job (adrt_input_size says which size).
+ *   - Handles are numbers, never reused: 0 is never valid, and a closed handle stays invalid
+ *     (ADRT_E_HANDLE), so a stale handle cannot reach freed memory.
+ *
+ * Threads
+ *   Every function may be called from any thread. Several handles may be open and used at once.
+ *   One handle may be used from several threads at once: concurrent adrt_run calls on one handle
+ *   are allowed (ONNX Runtime's Run is thread-safe; each call has its own outputs). adrt_close
+ *   marks the handle closed at once (calls that start afterwards fail with ADRT_E_HANDLE), waits
+ *   for the runs already in flight on it to finish, then frees it. The last error is per thread.
+ *   The embedded Python interpreter is started once, by the first call that needs it.
+ */
+#ifndef ADRT_H
+#define ADRT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped when a declaration in this header changes incompatibly. */
+#define ADRT_ABI_VERSION 1
+
+/* An open bundle on one backend. 0 is never a valid handle. */
+typedef int64_t adrt_handle;
+
+typedef enum adrt_status {
+    ADRT_OK = 0,
+    ADRT_E_NULL = 1,     /* a required pointer argument is NULL */
+    ADRT_E_ARGUMENT = 2, /* a value out of range: threads < 0, unknown backend, n < 1, ... */
+    ADRT_E_HANDLE = 3,   /* the handle is not open: never opened, or already closed */
+    ADRT_E_BUNDLE = 4,   /* the bundle is missing, not a bundle, or fails its checksums */
+    ADRT_E_BACKEND = 5,  /* the backend is not available or cannot load the model */
+    ADRT_E_INPUT = 6,    /* the images do not match the bundle's input spec (size, channels) */
+    ADRT_E_BUFFER = 7,   /* a buffer length does not match what the call needs */
+    ADRT_E_PYTHON = 8,   /* the embedded Python runtime could not start or import adrt */
+    ADRT_E_INTERNAL = 9  /* an unexpected error; the message has the details */
+} adrt_status;
+
+/* The adrt version the library was built from, e.g. "0.1.0" (static storage). */
+int adrt_version(const char **version);
+
+/* The message of this thread's most recent adrt call if it failed, "" if it succeeded. The
+ * string is valid until the next adrt call in this thread. */
+int adrt_last_error(const char **message);
+
+/* Open and verify the bundle at `bundle_path` (a folder or a .zip). `backend` is "ort-cpu",
+ * "ort-cuda" or "ort-trt" (NULL means "ort-cpu"); a backend that is not really active is an error,
+ * never a silent fallback. `threads` is ONNX Runtime's intra-op thread count (0: its default).
+ * On success *handle is the new handle; on failure it is set to 0. */
+int adrt_open(const char *bundle_path, const char *backend, int threads, adrt_handle *handle);
+
+/* The input size every image must have: height, width and channels (3, RGB). */
+int adrt_input_size(adrt_handle handle, int *height, int *width, int *channels);
+
+/* The precision of the bundle's model as its manifest states it (e.g. "fp32"), copied into
+ * `buffer` with its terminating NUL; ADRT_E_BUFFER when `size` is too small. */
+int adrt_precision(adrt_handle handle, char *buffer, size_t size);
+
+/* The calibrated score threshold: a score >= threshold means anomalous (0.5 for adrt bundles). */
+int adrt_threshold(adrt_handle handle, float *threshold);
+
+/* Run `n` images, uint8 n×height×width×channels in `images` (`images_len` must be exactly
+ * n*height*width*channels), which must be the bundle's input size. Writes the calibrated anomaly
+ * maps, n×H×W floats, to `maps` (`maps_len` >= n*H*W; `maps` may be NULL with `maps_len` 0 when
+ * only scores are wanted) and the n calibrated scores to `scores` (`scores_len` >= n).
+ * The images are read in place; the outputs are written straight into the caller's buffers. */
+int adrt_run(adrt_handle handle, const uint8_t *images, size_t images_len, int n, int height,
+             int width, int channels, float *maps, size_t maps_len, float *scores,
+             size_t scores_len);
+
+/* Close the handle: waits for runs in flight on it, then frees its model. */
+int adrt_close(adrt_handle handle);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ADRT_H */
