@@ -15,6 +15,7 @@ _COMMANDS = {
     "eval": ("adrt.commands", "eval_cmd", "Metrics of a bundle on a dataset's test split (+ overlays)."),
     "infer": ("adrt.commands", "infer", "Score images or folders with a bundle; CSV/JSON out, optional overlays."),
     "bench": ("adrt.commands", "bench_cmd", "Latency, throughput and memory of a bundle (and the torch detector)."),
+    "build-engine": ("adrt.export.engine", "build_engine_cmd", "Build a TensorRT engine for this GPU into a bundle (fp32/fp16/int8)."),
     "info": ("adrt.commands", "info", "Show a bundle's manifest summary after verifying it."),
     "synth": ("adrt.commands", "synth", "Write a procedural dataset (textures with painted defects) in MVTec layout."),
     "methods": ("adrt.train.cli", "methods", "List registered methods and their options."),

@@ -15,6 +15,9 @@ backend_option = click.option("--backend", type=click.Choice(backend_names()), d
                               help="Execution backend; a backend that is not really active is an error.")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="Intra-op threads (default: ONNX Runtime's choice).")
+precision_option = click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+                                show_default=True, help="Model variant of the bundle to run (TensorRT: plan of "
+                                "that precision); `adrt info` lists what the bundle has.")
 
 
 @click.command("eval")
@@ -25,20 +28,21 @@ threads_option = click.option("--threads", type=click.IntRange(min=1), default=N
 @click.option("--record", is_flag=True, help="Store the metrics in the bundle's manifest.")
 @backend_option
 @threads_option
-def eval_cmd(bundle, data, out, overlays, record, backend, threads):
+@precision_option
+def eval_cmd(bundle, data, out, overlays, record, backend, threads, precision):
     """Image AUROC, pixel AUROC, AUPRO and F1-max of BUNDLE on DATA's test split."""
     from adrt.evaluate import evaluate_session
     from adrt.metrics import format_table
     from adrt.runtime import load
 
-    with load(bundle, backend=backend, threads=threads) as s:
+    with load(bundle, backend=backend, threads=threads, precision=precision) as s:
         result = evaluate_session(s, data, out, overlays)
     click.echo(format_table(result))
     if record:
-        record_metrics(bundle, data, result)
+        record_metrics(bundle, data, result, precision)
 
 
-def record_metrics(bundle, data, result) -> None:
+def record_metrics(bundle, data, result, precision: str = "fp32") -> None:
     """Add eval results to a bundle folder's manifest (the manifest itself carries no checksum)."""
     from adrt.runtime.bundle import open_bundle, write_manifest
 
@@ -46,7 +50,8 @@ def record_metrics(bundle, data, result) -> None:
     if b._tmp:
         b.cleanup()
         raise DataError(f"{bundle}: --record needs a bundle folder, not a .zip")
-    b.manifest.setdefault("metrics", {})[Path(data).resolve().name] = {
+    key = Path(data).resolve().name + ("" if precision == "fp32" else f"@{precision}")
+    b.manifest.setdefault("metrics", {})[key] = {
         k: result[k] for k in ("overall", "per_type", "counts", "at_threshold") if k in result}
     write_manifest(b.root, b.manifest)
 
@@ -78,13 +83,14 @@ def _collect_images(inputs) -> list[Path]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @backend_option
 @threads_option
-def infer(bundle, inputs, out, overlays, batch_size, backend, threads):
+@precision_option
+def infer(bundle, inputs, out, overlays, batch_size, backend, threads, precision):
     """Score INPUTS (images or folders) with BUNDLE."""
     from adrt.runtime import load
     from adrt.runtime.image import read_image
 
     paths = _collect_images(inputs)
-    with load(bundle, backend=backend, threads=threads) as s:
+    with load(bundle, backend=backend, threads=threads, precision=precision) as s:
         r = s.run_files(paths, batch_size=batch_size)
         rows = [{"path": str(p), "score": float(r.scores[i]), "label": "anomalous" if r.labels[i] else "normal",
                  "raw_score": float(r.raw_scores[i])} for i, p in enumerate(paths)]
@@ -115,23 +121,61 @@ def infer(bundle, inputs, out, overlays, batch_size, backend, threads):
 
 
 @click.command("bench")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--backend", "backends", multiple=True, type=click.Choice(backend_names()), default=("ort-cpu",),
+              show_default=True, help="Execution backend; repeat for several. One that cannot run here is reported "
+                                      "as skipped, with the reason.")
+@click.option("--threads", "threads", multiple=True, type=click.IntRange(min=1),
+              help="Intra-op threads; repeat for several (default: the runtime's choice).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              default=("fp32",), show_default=True,
+              help="Model variant of the bundle (see `adrt info`); repeat for several. One the bundle lacks is "
+                   "reported as skipped.")
+@click.option("--torch-run", "torch_runs", multiple=True, metavar="[BUNDLE=]RUN",
+              help="Run folder a bundle was exported from: also time it in torch eager mode. RUN alone with one "
+                   "bundle; BUNDLE=RUN (path or folder name as given) with several. Repeatable.")
+@click.option("--torch-device", "torch_devices", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
+              show_default=True, help="Devices for torch eager (backends torch-eager, torch-cuda); repeatable.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed batch-1 runs per configuration.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="The timed runs are split into this many interleaved rounds over all configurations.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Batch for throughput.")
-@click.option("--torch-run", type=click.Path(path_type=Path), default=None,
-              help="Run folder of the same detector: also time it in torch eager mode.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Report path (writes .json and .md).")
-@backend_option
-@threads_option
-def bench_cmd(bundle, runs, warmup, batch, torch_run, out, backend, threads):
-    """Latency (batch 1), throughput and peak RSS of BUNDLE."""
-    from adrt.runtime.bench import bench, to_markdown, write_report
+@click.option("--frame", default="480x640", show_default=True, metavar="HxW",
+              help="Camera frame size for timing the host-side resize to the bundle's size.")
+@click.option("--profile-runs", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Profiled runs for the in-graph pre/model/post split (ORT CPU); 0 skips it.")
+@click.option("--no-gemm", is_flag=True, help="Skip the numpy GEMM reference (no achieved-vs-GEMM fraction).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report path: writes OUT.json, OUT.md and OUT.html.")
+@click.option("--compare", "compare_to", type=click.Path(path_type=Path), default=None,
+              help="An earlier report (.json from --out) to compare with: ratios and flagged regressions.")
+@click.option("--regression-threshold", type=click.FloatRange(min=0), default=0.10, show_default=True,
+              help="With --compare: slower mean latency (or lower throughput) by more than this fraction is a "
+                   "regression.")
+@click.option("--fail-on-regression", is_flag=True, help="With --compare: exit with status 1 on any regression.")
+@click.pass_context
+def bench_cmd(ctx, bundles, backends, threads, precisions, torch_runs, torch_devices, runs, warmup, rounds, batch,
+              frame, profile_runs, no_gemm, out, compare_to, regression_threshold, fail_on_regression):
+    """Latency, throughput, memory and FLOPs of BUNDLES per backend, precision and thread count, interleaved."""
+    from adrt.runtime.bench import (bench_many, compare, load_report, pair_torch_runs, parse_frame, to_markdown,
+                                    write_report)
 
-    report = bench(bundle, backend, threads, runs, warmup, batch, torch_run)
+    old = load_report(compare_to) if compare_to is not None else None   # a bad file fails before the long run
+    report = bench_many(bundles, backends, threads or (None,), pair_torch_runs(bundles, torch_runs), runs=runs,
+                        warmup=warmup, rounds=rounds, batch=batch, frame=parse_frame(frame),
+                        profile_runs=profile_runs, gemm=not no_gemm, torch_devices=torch_devices,
+                        precisions=precisions)
+    if old is not None:
+        report["compare"] = compare(report, old, regression_threshold, against=str(compare_to))
     click.echo(to_markdown(report))
     if out is not None:
-        write_report(report, out)
+        paths = write_report(report, out)
+        click.echo("report: " + ", ".join(map(str, paths)), err=True)
+    if old is not None and fail_on_regression and report["compare"]["regressions"]:
+        click.echo(f"{report['compare']['regressions']} regression(s) against {compare_to}", err=True)
+        ctx.exit(1)
 
 
 @click.command()

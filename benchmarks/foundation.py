@@ -36,6 +36,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from adrt.commands import record_metrics
     from adrt.evaluate import evaluate_session
     from adrt.export.cli import export_run
     from adrt.runtime import load
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
             bundle = export_run(run, args.work / f"{method}_{name}_bundle", data)
             with load(bundle, threads=args.threads) as s:
                 res = evaluate_session(s, data, args.work / f"{method}_{name}_eval", overlays=8)
+            record_metrics(bundle, data, res)   # accuracy travels with the bundle (adrt bench plots it)
             rep = bench(bundle, threads=args.threads, runs=args.runs, torch_run=run)
             ort_ms = rep["results"][0]["latency_ms"]
             torch_ms = rep["results"][1]["latency_ms"]

@@ -18,6 +18,7 @@ class BackendName(str, enum.Enum):
     ORT_CPU = "ort-cpu"
     ORT_CUDA = "ort-cuda"
     ORT_TRT = "ort-trt"
+    TENSORRT = "tensorrt"  # native TensorRT plan from the bundle (adrt.runtime.tensorrt)
 
 
 _PROVIDERS = {
@@ -25,6 +26,15 @@ _PROVIDERS = {
     BackendName.ORT_CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
     BackendName.ORT_TRT: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+def open_backend(bundle, backend: BackendName, precision: str = "fp32", threads: int | None = None):
+    """The backend object for ``bundle``'s model of ``precision`` (a TensorRT plan for ``tensorrt``)."""
+    if backend is BackendName.TENSORRT:
+        from adrt.runtime.tensorrt import open_tensorrt  # tensorrt and pycuda are imported only here
+
+        return open_tensorrt(bundle, precision)
+    return OrtBackend(bundle.model_path(precision), backend, threads)
 
 
 def backend_names() -> list[str]:

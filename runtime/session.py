@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from adrt.errors import InputError
-from adrt.runtime.backends import BackendName, OrtBackend, parse_backend
+from adrt.runtime.backends import BackendName, open_backend, parse_backend
 from adrt.runtime.bundle import Bundle, open_bundle
 from adrt.runtime.image import read_image, resize, to_rgb
 
@@ -42,13 +42,17 @@ class Result:
 class Session:
     """A loaded bundle on one backend. Use as a context manager or call ``close()``."""
 
-    def __init__(self, bundle: Bundle, backend: str | BackendName = BackendName.ORT_CPU, threads: int | None = None):
+    def __init__(self, bundle: Bundle, backend: str | BackendName = BackendName.ORT_CPU, threads: int | None = None,
+                 precision: str = "fp32"):
         self.bundle = bundle
         spec = bundle.input
         self.height, self.width, self.channels = int(spec["height"]), int(spec["width"]), int(spec["channels"])
         self.threshold = float(bundle.manifest.get("threshold", 0.5))
         b = parse_backend(backend) if isinstance(backend, str) else backend
-        self.backend = OrtBackend(bundle.model_path("fp32"), b, threads)
+        # precision picks the model variant (model.onnx, model.fp16.onnx, model.int8.onnx) or, for
+        # the tensorrt backend, the plan of that precision built for this GPU.
+        self.precision = precision
+        self.backend = open_backend(bundle, b, precision, threads)
 
     @property
     def method(self) -> str:
@@ -99,11 +103,13 @@ class Session:
         self.close()
 
 
-def load(path: str | os.PathLike, backend: str = "ort-cpu", threads: int | None = None) -> Session:
-    """Open and verify the bundle at ``path`` (folder or .zip) and return a Session on ``backend``."""
+def load(path: str | os.PathLike, backend: str = "ort-cpu", threads: int | None = None,
+         precision: str = "fp32") -> Session:
+    """Open and verify the bundle at ``path`` (folder or .zip) and return a Session on ``backend``
+    running the bundle's ``precision`` model (fp32, fp16, int8: see ``adrt info``)."""
     bundle = open_bundle(Path(path))
     try:
-        return Session(bundle, backend, threads)
+        return Session(bundle, backend, threads, precision)
     except BaseException:
         bundle.cleanup()
         raise

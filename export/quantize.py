@@ -1,0 +1,499 @@
+"""Reduced-precision variants of a bundle's fused graph: INT8 (QDQ, static) and FP16.
+
+Both keep the graph contract (input ``image`` uint8 N×H×W×3, float32 outputs) and reduce only the
+*feature extractor*: the backbone convolutions and the ops that join their outputs (activations,
+residual adds, the local-aware pooling, the tap resize and concat). That is where the FLOPs are.
+Everything else stays float32, found by structure rather than by name (see :func:`feature_region`):
+
+- the preprocessing (cast, /255, mean/std), which is cheap and feeds every later layer;
+- the method's distance: PatchCore's bank GEMM is ``|b|² − 2 q·b + |q|²``, a difference of large
+  terms that int8/fp16 would cancel away; PaDiM's Mahalanobis form likewise;
+- upsampling, the Gaussian blur (GEMMs) and the calibration sigmoid, which turn small raw
+  differences into the 0.5 threshold crossing.
+
+For INT8 the first backbone layers may stay float too: :func:`choose_int8` leaves a growing
+prefix of them unquantised until the raw scores of the calibration images move by at most half a
+calibration std (PaDiM, whose stride-4 features come from those layers and whose Mahalanobis
+distance magnifies their noise, needs a long prefix; PatchCore a short one).
+
+``benchmarks/precision.py`` measures what this costs in AUROC and buys in latency.
+
+INT8 uses ONNX Runtime's ``quantize_static`` in QDQ format (MinMax calibration), symmetric int8
+activations and per-channel symmetric int8 weights, biases left float: the form TensorRT's
+explicit quantisation takes (zero points 0, no int32 bias dequantisation). ONNX Runtime on x86
+fuses only part of that form into integer convolutions; the ``cpu`` target (uint8 activations)
+is the one it fuses completely (:class:`Int8Target`). FP16 is our own small converter (below):
+the region's weights become float16, Cast nodes sit on its boundary (onnxconverter-common's
+converter would do; it is one dependency more for ~60 lines).
+
+Needs ``onnx`` and ``onnxruntime`` (no torch): a bundle's variants can be added without its run.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from adrt.errors import BundleError, DataError, InputError
+from adrt.runtime.bundle import open_bundle, write_manifest
+
+# At least this many calibration images: fewer give activation ranges set by one or two images.
+MIN_CALIB_IMAGES = 16
+# More than this adds calibration time and changes the ranges little (MinMax); spread evenly.
+MAX_CALIB_IMAGES = 64
+
+# Ops that may join the reduced feature region once one of their float inputs comes from it.
+# Convs seed the region (only the backbone has them; every method's scoring is GEMM/elementwise).
+_REGION_OPS = {"Conv", "Clip", "Relu", "Add", "Mul", "AveragePool", "MaxPool", "GlobalAveragePool",
+               "Resize", "Concat", "Sigmoid", "HardSigmoid", "HardSwish"}
+# Inputs that are not data even when float (Resize's roi and scales are float32 whatever T is).
+_DATA_INPUTS = {"Resize": 1}
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+VARIANT_FILES = {Precision.FP32: "model.onnx", Precision.FP16: "model.fp16.onnx", Precision.INT8: "model.int8.onnx"}
+
+
+def parse_precision(value: str | Precision) -> Precision:
+    try:
+        return Precision(value)
+    except ValueError:
+        raise InputError(f"unknown precision {value!r}; available: {', '.join(p.value for p in Precision)}") from None
+
+
+# --- graph analysis ---------------------------------------------------------------------------
+
+def _elem_types(model) -> dict[str, int]:
+    """Element type of every tensor name (graph IO, initializers, inferred value_info)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    types = {t.name: t.type.tensor_type.elem_type for t in list(g.input) + list(g.output) + list(g.value_info)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    return types
+
+
+def feature_region(model) -> list[str]:
+    """Names of the nodes that form the feature extractor, in graph order.
+
+    Seeded by every Conv; a node of an op type in ``_REGION_OPS`` joins when one of its float data
+    inputs comes from the region and all the others come from the region or from initializers. The
+    first node outside (a Transpose, Gather or Reshape that starts the scoring) ends it.
+    """
+    import onnx
+
+    float_t = onnx.TensorProto.FLOAT
+    types = _elem_types(model)
+    inits = {i.name for i in model.graph.initializer}
+    produced_in: set[str] = set()
+    region = []
+    for node in model.graph.node:
+        if node.op_type not in _REGION_OPS:
+            continue
+        data = [x for x in node.input[: _DATA_INPUTS.get(node.op_type, len(node.input))] if x]
+        floats = [x for x in data if types.get(x) == float_t]
+        if not floats:
+            continue
+        if node.op_type == "Conv":
+            ok = all(x in produced_in or x in inits or x == data[0] for x in floats)
+        else:
+            ok = any(x in produced_in for x in floats) and all(x in produced_in or x in inits for x in floats)
+        if ok:
+            region.append(node.name)
+            produced_in.update(o for o in node.output if types.get(o) == float_t)
+    if not any(n.op_type == "Conv" for n in model.graph.node if n.name in set(region)):
+        raise BundleError("the graph has no convolutional feature extractor to reduce (no Conv nodes)")
+    return region
+
+
+def describe_region(model, region: Sequence[str], op_types: Sequence[str] | None = None) -> dict:
+    """What is reduced (region nodes, of ``op_types`` if given) and what stays float, by op type."""
+    inside = {n.name for n in model.graph.node
+              if n.name in set(region) and (op_types is None or n.op_type in set(op_types))}
+    reduced = Counter(n.op_type for n in model.graph.node if n.name in inside)
+    kept = Counter(n.op_type for n in model.graph.node if n.name not in inside)
+    return {"reduced_ops": dict(sorted(reduced.items())), "float_ops": dict(sorted(kept.items())),
+            "float_parts": "preprocessing, the method's scoring (distance / Mahalanobis), upsampling, "
+                           "Gaussian blur, calibration sigmoid"}
+
+
+# --- FP16 -------------------------------------------------------------------------------------
+
+def convert_fp16(model, region: Sequence[str] | None = None):
+    """A copy of ``model`` whose ``region`` nodes (default: :func:`feature_region`) compute in float16.
+
+    Weights used inside become float16 copies (a weight shared with a float32 node keeps its
+    original too). A Cast goes on each float tensor entering the region (before its first use) and
+    leaving it (right after its producer), so the graph's inputs and outputs keep their types.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    region = set(feature_region(model) if region is None else region)
+    types = _elem_types(model)
+    inits = {i.name: i for i in g.initializer}
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    fp16_max = float(np.finfo(np.float16).max)
+
+    produced_in = {y for n in g.node if n.name in region for y in n.output if types.get(y) == f32}
+    used_outside = {o.name for o in g.output} | {x for n in g.node if n.name not in region for x in n.input}
+    half_init: dict[str, str] = {}     # float32 initializer -> its float16 copy
+    cast_in: dict[str, str] = {}       # float32 tensor entering the region -> its float16 cast
+    nodes = []
+    for node in g.node:
+        if node.name not in region:
+            nodes.append(node)
+            continue
+        n_data = _DATA_INPUTS.get(node.op_type, len(node.input))
+        for k, x in enumerate(node.input):
+            if not x or k >= n_data or types.get(x) != f32:
+                continue
+            if x in produced_in:
+                node.input[k] = x + "__fp16"
+            elif x in inits:
+                if x not in half_init:
+                    arr = numpy_helper.to_array(inits[x])
+                    if arr.size and float(np.abs(arr).max()) > fp16_max:
+                        raise BundleError(f"weight {x} exceeds the float16 range (|w| up to {np.abs(arr).max():.3g})")
+                    half = numpy_helper.from_array(arr.astype(np.float16), x + "__fp16")
+                    g.initializer.append(half)
+                    half_init[x] = half.name
+                node.input[k] = half_init[x]
+            else:
+                if x not in cast_in:
+                    cast_in[x] = x + "__to_fp16"
+                    nodes.append(helper.make_node("Cast", [x], [cast_in[x]], to=f16, name=f"adrt_to_fp16_{len(cast_in)}"))
+                node.input[k] = cast_in[x]
+        nodes.append(node)
+        for j, y in enumerate(node.output):
+            if y in produced_in:
+                node.output[j] = y + "__fp16"
+                if y in used_outside:
+                    nodes.append(helper.make_node("Cast", [y + "__fp16"], [y], to=f32, name=f"adrt_to_fp32_{y}"))
+    del g.node[:]
+    g.node.extend(nodes)
+    # float32 originals that only the region used are gone now.
+    used = {x for n in g.node for x in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    del g.value_info[:]  # types inside the region changed; ONNX Runtime infers them again
+    onnx.checker.check_model(model)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)  # a type clash at the boundary fails here
+    return model
+
+
+# --- INT8 -------------------------------------------------------------------------------------
+
+# Op types quantised inside the feature region. Conv alone is not enough: the Conv output would be
+# quantised over its pre-activation range (depthwise convs reach ±100 before ReLU6), which on
+# PatchCore/bottle doubled the normal images' nearest-neighbour distances (image AUROC 1.000 →
+# 0.956). With Clip quantised too, a conv's output is quantised over the clipped range.
+INT8_OP_TYPES = ("Conv", "Clip")
+
+
+class Int8Target(str, enum.Enum):
+    """Who runs the INT8 graph. Both quantise weights per channel, symmetric int8.
+
+    ``tensorrt``: activations int8 *symmetric* (zero point 0), the only form TensorRT's explicit
+    quantisation takes (8.6, 10, 11); ARM CPUs prefer it too. ONNX Runtime on x86 fuses only part
+    of it into integer convs. ``cpu``: activations uint8 asymmetric, which ONNX Runtime on x86
+    fuses completely (every conv becomes a QLinearConv); TensorRT refuses it.
+    """
+
+    TENSORRT = "tensorrt"
+    CPU = "cpu"
+
+
+class _Batches:
+    """A CalibrationDataReader (duck-typed: get_next) over uint8 N×H×W×3 images, in batches."""
+
+    def __init__(self, images: np.ndarray, batch: int = 8):
+        # MinMax calibration keeps only per-batch minima and maxima (ReduceMin/Max outputs), so
+        # memory does not grow with the image count. (CalibMaxIntermediateOutputs is not used:
+        # in onnxruntime 1.32 it drops the ranges collected when the limit is reached.)
+        self._it: Iterator[dict] = ({"image": images[i : i + batch]} for i in range(0, len(images), batch))
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_int8(model, calib_images: np.ndarray, target: Int8Target | str = Int8Target.TENSORRT,
+                  op_types: Sequence[str] = INT8_OP_TYPES, region: Sequence[str] | None = None,
+                  calibration_cache: Path | None = None):
+    """Statically quantised QDQ copy of ``model``: the ``op_types`` nodes of ``region`` (default: the
+    feature region).
+
+    ``calib_images``: uint8 N×H×W×3 normal images (N ≥ MIN_CALIB_IMAGES); MinMax calibration.
+    ``calibration_cache``: a JSON file of tensor ranges, written on the first call and reused after
+    (the ranges are those of the float graph, whatever subset is quantised).
+    """
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    target = _parse_target(target)
+    check_calibration_images(calib_images)
+    inside = set(feature_region(model) if region is None else region)
+    nodes = [n.name for n in model.graph.node if n.name in inside and n.op_type in set(op_types)]
+    symmetric = target is Int8Target.TENSORRT
+    with tempfile.TemporaryDirectory(prefix="adrt-int8-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, src)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # it recommends a pre-processing pass the exported graph does not need
+        try:
+            quantize_static(
+                str(src), str(dst), _Batches(calib_images), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=sorted(set(op_types)), nodes_to_quantize=nodes, per_channel=True,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                # Bias stays float: TensorRT takes no int32 DequantizeLinear, and ONNX Runtime
+                # folds a float bias into its integer conv anyway.
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": False},
+                calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
+            )
+        finally:
+            root.setLevel(level)
+        return onnx.load(str(dst))
+
+
+# How far INT8 may move the raw score of normal images, in units of the calibration's score std
+# (the threshold sits 3 std above the normal mean, so 0.5 std keeps labels at the threshold close).
+INT8_MAX_SHIFT_STD = 0.5
+# Quantising the first layers costs the most accuracy (PaDiM's stride-4 tap is made there, and
+# per-tensor activation ranges are widest there). The search leaves a growing prefix of the
+# quantisable nodes in float, in this many steps, until the shift is within bounds.
+INT8_PREFIX_STEPS = 8
+
+
+def choose_int8(model, calib_images: np.ndarray, target: Int8Target | str = Int8Target.TENSORRT,
+                score_std: float | None = None, check_images: np.ndarray | None = None, log=lambda m: None):
+    """Quantise with the fewest leading float nodes that keep normal scores within bounds.
+
+    Tries prefixes 0, n/8, 2n/8, … of the feature region's quantisable nodes (graph order) left in
+    float; for each, measures the mean raw-score shift on (a spread subset of) the calibration
+    images in units of ``score_std`` (the bundle's calibration std; else that of the fp32 scores),
+    and keeps the first that is ≤ INT8_MAX_SHIFT_STD. ``check_images`` (default: calibration
+    images) are the normal images measured; images the model was fitted on are conservative (their
+    scores are small, so the added noise weighs more). Returns (QDQ model, facts for the manifest).
+    """
+    import onnxruntime as ort
+
+    target = _parse_target(target)
+    check_calibration_images(calib_images)
+    region = feature_region(model)
+    quantisable = [n.name for n in model.graph.node if n.name in set(region) and n.op_type in INT8_OP_TYPES]
+    check = calib_images if check_images is None else check_images
+    check = check[:: max(1, len(check) // 16)][:16]
+    ref = _raw_scores(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), check)
+    std = float(score_std) if score_std else float(ref.std()) or 1.0
+    steps = sorted({round(i * len(quantisable) / INT8_PREFIX_STEPS) for i in range(INT8_PREFIX_STEPS)})
+    tried = []
+    with tempfile.TemporaryDirectory(prefix="adrt-calib-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        for k in steps:
+            q = quantize_int8(model, calib_images, target, region=quantisable[k:], calibration_cache=cache)
+            got = _raw_scores(ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]), check)
+            shift = float(np.mean(got - ref)) / std
+            tried.append({"float_prefix": k, "score_shift_std": round(shift, 3)})
+            log(f"int8: {k} of {len(quantisable)} leading nodes float → normal-score shift {shift:+.2f} std")
+            if abs(shift) <= INT8_MAX_SHIFT_STD:
+                facts = {"float_prefix_nodes": k, "quantized_nodes": len(quantisable) - k,
+                         "first_quantized_node": quantisable[k], "score_shift_std": round(shift, 3),
+                         "max_shift_std": INT8_MAX_SHIFT_STD, "search": tried}
+                return q, facts
+    raise BundleError(f"INT8 moves normal scores by more than {INT8_MAX_SHIFT_STD} calibration std however many "
+                      f"leading layers stay float (tried {tried}); use fp16 for this model")
+
+
+def _raw_scores(session, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([session.run(["raw_score"], {"image": images[i : i + 8]})[0] for i in range(0, len(images), 8)])
+
+
+def _parse_target(value) -> Int8Target:
+    try:
+        return Int8Target(value)
+    except ValueError:
+        raise InputError(f"unknown INT8 target {value!r}; available: {', '.join(t.value for t in Int8Target)}") from None
+
+
+def check_calibration_images(images: np.ndarray, minimum: int = MIN_CALIB_IMAGES) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise InputError(f"calibration images: expected a uint8 N×H×W×3 array, got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
+    if len(images) < minimum:
+        raise DataError(f"calibration needs at least {minimum} normal images, got {len(images)}")
+
+
+def load_calibration(folder: str | os.PathLike, height: int, width: int, minimum: int = MIN_CALIB_IMAGES,
+                     maximum: int = MAX_CALIB_IMAGES) -> tuple[np.ndarray, dict]:
+    """Normal images for calibration from ``folder`` (MVTec category: its train/good; else the
+    folder's own images), at most ``maximum`` spread evenly over the sorted list, resized by the
+    runtime's rule. Returns (uint8 N×H×W×3, a summary for the manifest)."""
+    from adrt.data import Dataset, load_images
+
+    folder = Path(folder)
+    try:
+        ds = Dataset.open(folder)
+    except DataError as e:
+        raise DataError(f"calibration folder: {e}") from None
+    paths = ds.train
+    if len(paths) < minimum:
+        raise DataError(f"calibration folder {folder}: {len(paths)} normal image(s), at least {minimum} are needed")
+    if len(paths) > maximum:
+        paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, maximum).round()]
+    images = load_images(paths, height, width)
+    return images, {"folder": ds.name, "root": str(Path(folder).resolve()), "images": len(paths),
+                    "available": len(ds.train), "method": "minmax"}
+
+
+def holdout_images(manifest: dict, calib_root: str | None, height: int, width: int) -> np.ndarray | None:
+    """The bundle's calibration holdout (normal images kept out of fitting, the ones its threshold
+    was set on) when the calibration folder is its training dataset; else None."""
+    from adrt.data import Dataset, load_images, split_holdout
+
+    t = manifest.get("training") or {}
+    if not calib_root or not t.get("data") or not t.get("n_holdout"):
+        return None
+    if Path(t["data"]).resolve() != Path(calib_root).resolve():
+        return None
+    train = Dataset.open(calib_root).train
+    k = int(t["n_holdout"])
+    if not 0 < k < len(train) or len(train) != int(t.get("n_fit", -1)) + k:
+        return None  # the folder changed since training: the split cannot be redone
+    _, hold = split_holdout(train, k / len(train), k, int(t.get("seed", 0)))
+    return load_images(hold, height, width)
+
+
+# --- bundle variants --------------------------------------------------------------------------
+
+# FP16 must agree with fp32 within this (median over images of |Δ raw score| / |fp32 raw score|;
+# measured on bottle: < 0.1 %). INT8 is held to INT8_MAX_SHIFT_STD by choose_int8 instead, and its
+# agreement is recorded, not bounded here.
+FP16_MAX_MEDIAN_REL = 0.01
+
+
+def variant_parity(fp32_path: Path, variant_path: Path, images: np.ndarray) -> dict:
+    """Differences between the fp32 graph and a variant on ``images``, on ONNX Runtime CPU."""
+    import onnxruntime as ort
+
+    out = {}
+    ref = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(str(variant_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in ref.get_outputs()]
+    r = [np.concatenate(x) for x in zip(*(ref.run(None, {"image": images[i : i + 8]}) for i in range(0, len(images), 8)))]
+    g = [np.concatenate(x) for x in zip(*(got.run(None, {"image": images[i : i + 8]}) for i in range(0, len(images), 8)))]
+    for name, a, b in zip(names, r, g):
+        if not np.isfinite(b).all():
+            raise BundleError(f"{variant_path.name}: output {name} is not finite on the calibration images")
+        err = float(np.abs(a - b).max())
+        out[name] = {"max_abs": err, "max_rel": err / (float(np.abs(a).max()) or 1.0)}
+    a, b = r[names.index("raw_score")], g[names.index("raw_score")]
+    out["raw_score_median_rel"] = float(np.median(np.abs(a - b) / np.maximum(np.abs(a), 1e-12)))
+    return out
+
+
+def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: str | os.PathLike | None = None,
+                int8_target: Int8Target | str = Int8Target.TENSORRT, calib_data: tuple | None = None,
+                log=lambda m: None) -> Path:
+    """Add an FP16 or INT8 model to a bundle folder (replacing one of that precision) and record it
+    in the manifest with its checksum, what stayed float and its agreement with fp32.
+
+    INT8 needs ``calib``, a folder of normal images (see :func:`load_calibration`), or
+    ``calib_data``, what that function returned. The bundle is only changed once the variant has
+    been made and checked.
+    """
+    import onnx
+
+    precision = parse_precision(precision)
+    if precision is Precision.FP32:
+        raise InputError("fp32 is the bundle's own model.onnx; variants are fp16 and int8")
+    b = open_bundle(bundle)
+    if b._tmp:
+        b.cleanup()
+        raise BundleError(f"{bundle}: adding a model needs a bundle folder, not a .zip")
+    root = b.root
+    spec = b.input
+    h, w = int(spec["height"]), int(spec["width"])
+    if calib_data is not None:
+        images, calib_info = calib_data
+        check_calibration_images(images, MIN_CALIB_IMAGES if precision is Precision.INT8 else 1)
+        if images.shape[1:3] != (h, w):
+            raise InputError(f"calibration images are {images.shape[1]}×{images.shape[2]}, the bundle takes {h}×{w}")
+    elif calib is not None:
+        images, calib_info = load_calibration(calib, h, w, minimum=MIN_CALIB_IMAGES if precision is Precision.INT8 else 1)
+    elif precision is Precision.INT8:
+        b.cleanup()
+        raise InputError("int8 needs calibration images: pass a folder of normal images (--calib DIR)")
+    else:
+        images, calib_info = None, None
+    fp32 = b.model_path("fp32")
+    model = onnx.load(str(fp32))
+    region = feature_region(model)
+    name = VARIANT_FILES[precision]
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=root)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        held = holdout_images(b.manifest, (calib_info or {}).get("root"), h, w)
+        check = held if held is not None else images if images is not None else _random_images(h, w)
+        measured_on = ("training holdout" if held is not None else
+                       "calibration images" if images is not None else "random images")
+        if precision is Precision.INT8:
+            target = _parse_target(int8_target)
+            score_std = (b.manifest.get("calibration") or {}).get("score_std")
+            variant, search = choose_int8(model, images, target, score_std, check, log)
+            search["measured_on"] = measured_on
+        else:
+            variant = convert_fp16(model, region)
+        onnx.save(variant, str(tmp))
+        parity = variant_parity(fp32, tmp, check[:: max(1, len(check) // 16)][:16])
+        parity["measured_on"] = measured_on
+        if precision is Precision.FP16 and parity["raw_score_median_rel"] > FP16_MAX_MEDIAN_REL:
+            raise BundleError(f"the fp16 model does not agree with fp32: raw scores differ by "
+                              f"{parity['raw_score_median_rel']:.2%} (median), more than {FP16_MAX_MEDIAN_REL:.0%}")
+        reduced = region
+        if precision is Precision.INT8:
+            reduced = region[region.index(search["first_quantized_node"]):]
+        ops = INT8_OP_TYPES if precision is Precision.INT8 else None
+        entry = {"file": name, "precision": precision.value, **describe_region(model, reduced, ops),
+                 "parity_vs_fp32": parity}
+        if precision is Precision.FP16:
+            entry["parity_tolerance"] = {"raw_score_median_rel": FP16_MAX_MEDIAN_REL}
+        if precision is Precision.INT8:
+            entry.update({"format": "qdq", "int8_target": target.value, "quantized_op_types": list(INT8_OP_TYPES),
+                          "weights": "int8 symmetric, per channel",
+                          "activations": "int8 symmetric" if target is Int8Target.TENSORRT else "uint8 asymmetric",
+                          "calibration": calib_info, "float_prefix": search})
+            if search["float_prefix_nodes"]:
+                entry["float_parts"] += (f"; the first {search['float_prefix_nodes']} Conv/Clip nodes of the backbone "
+                                         f"(int8 from {search['first_quantized_node']} on)")
+        os.replace(tmp, root / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    manifest = b.manifest
+    manifest["models"][precision.value] = entry
+    manifest["files"][name] = {}
+    write_manifest(root, manifest)
+    return root / name
+
+
+def _random_images(h: int, w: int, n: int = 4) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8)

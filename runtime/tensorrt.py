@@ -1,0 +1,420 @@
+"""Native TensorRT backend: a plan from the bundle, pinned host buffers, device buffers, one stream.
+
+    with rt.load("bundle/", backend="tensorrt", precision="fp16") as det: ...
+
+The plan is chosen from the manifest's ``engines`` by precision, and refused unless it was built
+for this GPU (name and compute capability) with this TensorRT version: a plan is a binary for one
+GPU and one TensorRT build, and a mismatched one fails at best, and is slow at worst.
+
+Two TensorRT API generations are driven, chosen by the installed major version:
+
+- 8.x, the bindings API: ``get_binding_*``, ``set_binding_shape``, ``execute_async_v2(bindings)``;
+- 10.x and 11.x, the tensor-name API: ``get_tensor_*``, ``set_input_shape``,
+  ``set_tensor_address``, ``execute_async_v3``.
+
+CUDA memory and streams come from pycuda, or from NVIDIA's cuda-python bindings where pycuda is
+absent. tensorrt, pycuda and cuda-python are imported here only, when the backend is opened; each
+missing one raises a BackendError naming the pip extra. Every status returned by CUDA or TensorRT
+is checked.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+
+import numpy as np
+
+from adrt.errors import BackendError, BundleError
+
+PIP_EXTRA = "pip install 'adrt[tensorrt]'"
+INPUT = "image"
+OUTPUTS = ("anomaly_map", "score", "raw_map", "raw_score")
+
+
+# --- imports and logging ----------------------------------------------------------------------
+
+def import_tensorrt():
+    """The tensorrt module, or a BackendError that says how to install it."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise BackendError(f"the tensorrt backend needs NVIDIA's tensorrt Python package, which is not "
+                           f"importable here ({e}); {PIP_EXTRA} (on Jetson it comes with JetPack)") from None
+    return trt
+
+
+def trt_major(trt) -> int:
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except ValueError:
+        raise BackendError(f"cannot read the TensorRT version {trt.__version__!r}") from None
+
+
+def make_logger(trt):
+    """A trt.ILogger that keeps warnings and errors, to put into exceptions (and prints nothing)."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[str] = []
+            sev = trt.ILogger.Severity
+            self._keep = {sev.INTERNAL_ERROR: "error", sev.ERROR: "error", sev.WARNING: "warning"}
+
+        def log(self, severity, msg):
+            kind = self._keep.get(severity)
+            if kind is not None:
+                self.messages.append(f"{kind}: {msg}")
+
+        def errors(self) -> str:
+            errs = [m for m in self.messages if m.startswith("error")]
+            return "; ".join(errs[-5:]) or "TensorRT logged no error"
+
+    return _Logger()
+
+
+# --- CUDA: pycuda or cuda-python --------------------------------------------------------------
+
+class _PyCuda:
+    """CUDA through pycuda.driver, on the device's primary context (the one TensorRT uses)."""
+
+    binding = "pycuda"
+
+    def __init__(self, device: int = 0):
+        import pycuda.driver as cuda
+
+        self.cuda = cuda
+        cuda.init()
+        if not 0 <= device < cuda.Device.count():
+            raise BackendError(f"CUDA device {device} does not exist; this machine has {cuda.Device.count()}")
+        self.dev = cuda.Device(device)
+        self.ctx = self.dev.retain_primary_context()
+        self.ctx.push()
+        self._device_allocs: list = []
+
+    def device_info(self) -> tuple[str, tuple[int, int]]:
+        major, minor = self.dev.compute_capability()
+        return str(self.dev.name()), (int(major), int(minor))
+
+    def stream(self):
+        s = self.cuda.Stream()
+        return s, int(s.handle)
+
+    def pinned(self, shape, dtype) -> np.ndarray:
+        return self.cuda.pagelocked_empty(shape, dtype)
+
+    def device(self, nbytes: int) -> int:
+        mem = self.cuda.mem_alloc(max(int(nbytes), 1))
+        self._device_allocs.append(mem)
+        return int(mem)
+
+    def to_device(self, ptr: int, host: np.ndarray, stream) -> None:
+        self.cuda.memcpy_htod_async(ptr, host, stream)
+
+    def to_host(self, host: np.ndarray, ptr: int, stream) -> None:
+        self.cuda.memcpy_dtoh_async(host, ptr, stream)
+
+    def synchronize(self, stream) -> None:
+        stream.synchronize()
+
+    def close(self) -> None:
+        for mem in self._device_allocs:
+            mem.free()
+        self._device_allocs = []
+        if self.ctx is not None:
+            self.ctx.pop()
+            self.ctx.detach()
+            self.ctx = None
+
+
+def _import_cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python ≥ 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+class _CudaPython:
+    """CUDA through the cuda-python runtime bindings; each call returns (status, *results)."""
+
+    binding = "cuda-python"
+
+    def __init__(self, device: int = 0):
+        self.rt = _import_cudart()
+        count = self._check(self.rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
+        if not 0 <= device < count:
+            raise BackendError(f"CUDA device {device} does not exist; this machine has {count}")
+        self.device_index = device
+        self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
+        self._device_ptrs: list[int] = []
+        self._host_ptrs: list[int] = []
+        self._streams: list = []
+
+    def _check(self, result, what: str):
+        status, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+        if int(status) != int(self.rt.cudaError_t.cudaSuccess):
+            _, text = self.rt.cudaGetErrorString(status)
+            text = text.decode() if isinstance(text, bytes) else str(text)
+            raise BackendError(f"CUDA call {what} failed: {text} ({int(status)})")
+        return rest[0] if len(rest) == 1 else (rest or None)
+
+    def device_info(self) -> tuple[str, tuple[int, int]]:
+        prop = self._check(self.rt.cudaGetDeviceProperties(self.device_index), "cudaGetDeviceProperties")
+        name = prop.name
+        name = name.split(b"\0", 1)[0].decode() if isinstance(name, (bytes, bytearray)) else str(name)
+        return name, (int(prop.major), int(prop.minor))
+
+    def stream(self):
+        s = self._check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+        self._streams.append(s)
+        return s, int(s)
+
+    def pinned(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+        ptr = int(self._check(self.rt.cudaMallocHost(nbytes), "cudaMallocHost"))
+        self._host_ptrs.append(ptr)
+        # A numpy view of the pinned block (freed in close(), after the views are dropped).
+        raw = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
+        return raw[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+
+    def device(self, nbytes: int) -> int:
+        ptr = int(self._check(self.rt.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc"))
+        self._device_ptrs.append(ptr)
+        return ptr
+
+    def to_device(self, ptr: int, host: np.ndarray, stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self.rt.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind, stream), "cudaMemcpyAsync(H2D)")
+
+    def to_host(self, host: np.ndarray, ptr: int, stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self.rt.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, kind, stream), "cudaMemcpyAsync(D2H)")
+
+    def synchronize(self, stream) -> None:
+        self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    def close(self) -> None:
+        for ptr in self._device_ptrs:
+            self._check(self.rt.cudaFree(ptr), "cudaFree")
+        for ptr in self._host_ptrs:
+            self._check(self.rt.cudaFreeHost(ptr), "cudaFreeHost")
+        for s in self._streams:
+            self._check(self.rt.cudaStreamDestroy(s), "cudaStreamDestroy")
+        self._device_ptrs, self._host_ptrs, self._streams = [], [], []
+
+
+def open_cuda(device: int = 0):
+    """pycuda if importable, else cuda-python; a BackendError naming the extra if neither is."""
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError as e:
+        pycuda_error = e
+    else:
+        return _PyCuda(device)
+    try:
+        _import_cudart()
+    except ImportError as e:
+        raise BackendError(f"the tensorrt backend needs pycuda or cuda-python for device memory and streams; "
+                           f"neither is importable ({pycuda_error}; {e}); {PIP_EXTRA}") from None
+    return _CudaPython(device)
+
+
+# --- plans in the bundle ----------------------------------------------------------------------
+
+def plan_tag(gpu: str, capability: tuple[int, int], trt_version: str, precision: str) -> str:
+    """File stem of a plan: ``nvidia-h200-sm90-trt10.3.0-fp16``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
+    return f"{slug}-sm{capability[0]}{capability[1]}-trt{trt_version}-{precision}"
+
+
+def select_plan(manifest: dict, precision: str, gpu: str, capability: tuple[int, int], trt_version: str) -> dict:
+    """The manifest's engine entry for ``precision`` built for this GPU and TensorRT version.
+
+    Raises BundleError when the bundle has none of that precision (naming what it has) or only ones
+    built elsewhere (naming where they were built and what this machine is).
+    """
+    engines = manifest.get("engines") or {}
+    same_precision = {k: e for k, e in engines.items() if e.get("precision") == precision}
+    if not same_precision:
+        have = ", ".join(f"{k} ({e.get('precision')})" for k, e in engines.items()) or "none"
+        raise BundleError(f"the bundle has no {precision} TensorRT engine (it has: {have}); build one on this "
+                          f"device: adrt build-engine BUNDLE --precision {precision}")
+    here = f"{gpu} (compute capability {capability[0]}.{capability[1]}) with TensorRT {trt_version}"
+    cc = f"{capability[0]}.{capability[1]}"
+    for e in same_precision.values():
+        if e.get("gpu") == gpu and str(e.get("compute_capability")) == cc and e.get("tensorrt") == trt_version:
+            return e
+    built = "; ".join(f"{e['file']} was built for {e.get('gpu')} (compute capability {e.get('compute_capability')}) "
+                      f"with TensorRT {e.get('tensorrt')}" for e in same_precision.values())
+    raise BundleError(f"refusing the {precision} TensorRT engine: {built}; this machine has {here}. "
+                      f"Rebuild it here: adrt build-engine BUNDLE --precision {precision}")
+
+
+# --- the backend ------------------------------------------------------------------------------
+
+class TensorRTBackend:
+    """Run a TensorRT plan: ``run({"image": uint8 N×H×W×3})`` → dict of float32 outputs.
+
+    Buffers are allocated once for the largest batch of the plan's optimisation profile (pinned host
+    memory and device memory for every I/O tensor); larger batches run in slices of that size.
+    """
+
+    def __init__(self, plan: bytes, device: int = 0, cuda=None, trt=None):
+        self.trt = trt or import_tensorrt()
+        self.major = trt_major(self.trt)
+        self.cuda = cuda or open_cuda(device)
+        try:
+            self._open(plan)
+        except BaseException:
+            self.cuda.close()
+            raise
+
+    def _open(self, plan: bytes) -> None:
+        trt = self.trt
+        self.logger = make_logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise BackendError(f"TensorRT {trt.__version__} could not deserialise the plan ({len(plan)} bytes): "
+                               f"{self.logger.errors()}")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendError(f"TensorRT could not create an execution context: {self.logger.errors()}")
+        self.io = self._tensors_v8() if self.major < 10 else self._tensors_v10()
+        names = [t["name"] for t in self.io]
+        if [t["name"] for t in self.io if t["input"]] != [INPUT] or sorted(n for n in names if n != INPUT) != sorted(OUTPUTS):
+            raise BackendError(f"the plan's tensors are {names}; expected input {INPUT!r} and outputs {list(OUTPUTS)}")
+        image = self.io[names.index(INPUT)]
+        if image["dtype"] != np.uint8:
+            raise BackendError(f"the plan's input {INPUT!r} is {image['dtype']}, expected uint8")
+        lo, _, hi = image["profile"]
+        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.sample_shape = tuple(int(d) for d in hi[1:])
+        self.stream, self.stream_handle = self.cuda.stream()
+        # Buffers for the largest batch; outputs are sized by the shapes TensorRT reports for it.
+        self._set_batch(self.max_batch)
+        for t in self.io:
+            shape = (self.max_batch, *self.sample_shape) if t["input"] else self._output_shape(t)
+            t["host"] = self.cuda.pinned(shape, t["dtype"])
+            t["device"] = self.cuda.device(t["host"].nbytes)
+        self._bind_addresses()
+
+    # TensorRT 8.x: bindings
+    def _tensors_v8(self) -> list[dict]:
+        trt, e = self.trt, self.engine
+        out = []
+        for i in range(e.num_bindings):
+            is_input = bool(e.binding_is_input(i))
+            profile = e.get_profile_shape(0, i) if is_input else None
+            out.append({"name": e.get_binding_name(i), "index": i, "input": is_input,
+                        "dtype": np.dtype(trt.nptype(e.get_binding_dtype(i))), "profile": profile})
+        return out
+
+    # TensorRT 10.x / 11.x: named tensors
+    def _tensors_v10(self) -> list[dict]:
+        trt, e = self.trt, self.engine
+        out = []
+        for i in range(e.num_io_tensors):
+            name = e.get_tensor_name(i)
+            is_input = e.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            profile = e.get_tensor_profile_shape(name, 0) if is_input else None
+            out.append({"name": name, "index": i, "input": is_input,
+                        "dtype": np.dtype(trt.nptype(e.get_tensor_dtype(name))), "profile": profile})
+        return out
+
+    def _set_batch(self, n: int) -> None:
+        shape = (n, *self.sample_shape)
+        if self.major < 10:
+            idx = next(t["index"] for t in self.io if t["input"])
+            ok = self.context.set_binding_shape(idx, shape)
+        else:
+            ok = self.context.set_input_shape(INPUT, shape)
+        if not ok:
+            raise BackendError(f"TensorRT refused input shape {shape}: {self.logger.errors()}")
+
+    def _output_shape(self, t: dict) -> tuple[int, ...]:
+        if self.major < 10:
+            shape = self.context.get_binding_shape(t["index"])
+        else:
+            shape = self.context.get_tensor_shape(t["name"])
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise BackendError(f"TensorRT left output {t['name']} with unresolved shape {shape}")
+        return shape
+
+    def _bind_addresses(self) -> None:
+        if self.major < 10:
+            self._bindings = [0] * len(self.io)
+            for t in self.io:
+                self._bindings[t["index"]] = t["device"]
+        else:
+            for t in self.io:
+                if not self.context.set_tensor_address(t["name"], t["device"]):
+                    raise BackendError(f"TensorRT refused the address of tensor {t['name']}")
+
+    def _execute(self) -> None:
+        if self.major < 10:
+            ok = self.context.execute_async_v2(self._bindings, self.stream_handle)
+        else:
+            ok = self.context.execute_async_v3(self.stream_handle)
+        if not ok:
+            raise BackendError(f"TensorRT execution failed: {self.logger.errors()}")
+
+    def _run_slice(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(images)
+        self._set_batch(n)
+        inp = next(t for t in self.io if t["input"])
+        host_in = inp["host"][:n]
+        host_in[...] = images
+        self.cuda.to_device(inp["device"], host_in, self.stream)
+        self._execute()
+        views = {}
+        for t in self.io:
+            if t["input"]:
+                continue
+            shape = self._output_shape(t)
+            view = t["host"].reshape(-1)[: int(np.prod(shape))].reshape(shape)
+            self.cuda.to_host(view, t["device"], self.stream)
+            views[t["name"]] = view
+        self.cuda.synchronize(self.stream)
+        return {k: v.copy() for k, v in views.items()}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = feeds[INPUT]
+        if tuple(images.shape[1:]) != self.sample_shape or images.dtype != np.uint8:
+            raise BackendError(f"the plan takes uint8 N×{'×'.join(map(str, self.sample_shape))}, got "
+                               f"{images.dtype} {'×'.join(map(str, images.shape))}")
+        if len(images) < self.min_batch:
+            raise BackendError(f"the plan's profile needs a batch of at least {self.min_batch}, got {len(images)}")
+        parts = [self._run_slice(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def close(self) -> None:
+        if self.cuda is None:
+            return
+        # Order matters: context, then engine, then runtime, then the memory and the CUDA context.
+        self.context = None
+        self.engine = None
+        self.runtime = None
+        self.cuda.close()
+        self.cuda = None
+
+
+def open_tensorrt(bundle, precision: str, device: int = 0, cuda=None, trt=None) -> TensorRTBackend:
+    """The TensorRT backend for ``bundle``'s plan of ``precision`` that matches this machine."""
+    trt = trt or import_tensorrt()
+    cuda = cuda or open_cuda(device)
+    try:
+        gpu, cc = cuda.device_info()
+        entry = select_plan(bundle.manifest, precision, gpu, cc, str(trt.__version__))
+        path = Path(bundle.root) / entry["file"]
+        plan = path.read_bytes()
+        return TensorRTBackend(plan, device, cuda=cuda, trt=trt)
+    except BaseException:
+        cuda.close()
+        raise
+
