@@ -19,3 +19,7 @@ class InputError(AdrtError):
 
 class BackendError(AdrtError):
     """A backend that was asked for and is not available (never a silent fallback)."""
+
+
+class ResultError(AdrtError):
+    """The model produced non-finite values (NaN/Inf): never handed back as a map or a score."""

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from adrt.errors import InputError
+from adrt.errors import InputError, ResultError
 from adrt.runtime.backends import BackendName, open_backend, parse_backend
 from adrt.runtime.bundle import Bundle, open_bundle
 from adrt.runtime.image import read_image, resize, to_rgb
@@ -75,6 +75,12 @@ class Session:
     def run(self, images: np.ndarray) -> Result:
         """Run a batch of uint8 N×H×W×C images at exactly the bundle's input size."""
         out = self.backend.run({"image": self.check_batch(images)})
+        # A diverging step (e.g. an iterative projection with too large a step size) yields NaN/Inf:
+        # refuse it rather than hand back a map that looks like a result.
+        bad = ~(np.isfinite(out["raw_score"]) & np.isfinite(out["raw_map"]).reshape(len(out["raw_map"]), -1).all(1))
+        if bad.any():
+            raise ResultError(f"{self.method}: the model produced NaN/Inf for image(s) {np.flatnonzero(bad).tolist()} "
+                              f"of this batch; no result is returned (for an iterative method, lower its step size)")
         return Result(out["anomaly_map"], out["score"], out["raw_map"], out["raw_score"], self.threshold)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:

@@ -168,3 +168,40 @@ def test_silent_cpu_fallback_is_detected(bundle, monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", FallbackSession)
     with pytest.raises(BackendError, match="installed but not active.*refusing to fall back silently"):
         rt.load(bundle, backend="ort-cuda")
+
+
+def test_non_finite_outputs_are_refused(bundle):
+    """A graph that yields NaN for some images raises ResultError naming them; finite ones pass."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    import adrt.runtime as rt
+    from adrt.errors import ResultError
+    from adrt.runtime.bundle import write_manifest
+
+    # raw_score = log(mean pixel - 100): NaN for dark images; the map is finite everywhere.
+    f = helper.make_tensor_value_info
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[3], keepdims=0),
+        helper.make_node("ReduceMean", ["m"], ["s"], axes=[1, 2], keepdims=0),
+        helper.make_node("Sub", ["s", "c"], ["d"]),
+        helper.make_node("Log", ["d"], ["raw_score"]),
+        helper.make_node("Identity", ["m"], ["raw_map"]),
+        helper.make_node("Identity", ["m"], ["anomaly_map"]),
+        helper.make_node("Identity", ["raw_score"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "nan", [f("image", TensorProto.UINT8, ["n", SIZE, SIZE, 3])],
+        [f("anomaly_map", TensorProto.FLOAT, ["n", SIZE, SIZE]), f("score", TensorProto.FLOAT, ["n"]),
+         f("raw_map", TensorProto.FLOAT, ["n", SIZE, SIZE]), f("raw_score", TensorProto.FLOAT, ["n"])],
+        initializer=[helper.make_tensor("c", TensorProto.FLOAT, [], [100.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(bundle / "model.onnx"))
+    write_manifest(bundle, json.loads((bundle / "manifest.json").read_text()))
+    x = np.full((3, SIZE, SIZE, 3), 200, np.uint8)
+    x[1] = 10
+    with rt.load(bundle) as s:
+        assert np.isfinite(s.run(x[[0, 2]]).scores).all()
+        with pytest.raises(ResultError, match=r"NaN/Inf for image\(s\) \[1\]"):
+            s.run(x)
