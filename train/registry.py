@@ -25,6 +25,7 @@ def register(name: str) -> Callable[[T], T]:
 def _import_builtin_methods() -> None:
     # Importing the method packages runs their @register decorators.
     from adrt.train import padim, patchcore  # noqa: F401
+    from adrt.train import inpaint  # noqa: F401
 
 
 def available() -> list[str]:
