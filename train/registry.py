@@ -26,6 +26,7 @@ def _import_builtin_methods() -> None:
     # Importing the method packages runs their @register decorators.
     from adrt.train import padim, patchcore  # noqa: F401
     from adrt.train import inpaint  # noqa: F401
+    from adrt.train import memae, vae  # noqa: F401
 
 
 def available() -> list[str]:

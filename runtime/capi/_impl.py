@@ -13,13 +13,13 @@ import threading
 
 import numpy as np
 
-from adrt.errors import AdrtError, BackendError, BundleError, InputError
+from adrt.errors import AdrtError, BackendError, BundleError, InputError, ResultError
 
 # Status codes: the values of adrt_status in adrt.h.
-OK, E_NULL, E_ARGUMENT, E_HANDLE, E_BUNDLE, E_BACKEND, E_INPUT, E_BUFFER, E_PYTHON, E_INTERNAL = range(10)
+OK, E_NULL, E_ARGUMENT, E_HANDLE, E_BUNDLE, E_BACKEND, E_INPUT, E_BUFFER, E_PYTHON, E_INTERNAL, E_OUTPUT = range(11)
 RAN = 0x100  # set on every return from Python, see _internal.h
 
-_ERRORS = ((BundleError, E_BUNDLE), (BackendError, E_BACKEND), (InputError, E_INPUT))
+_ERRORS = ((BundleError, E_BUNDLE), (BackendError, E_BACKEND), (InputError, E_INPUT), (ResultError, E_OUTPUT))
 
 
 class _Failure(Exception):

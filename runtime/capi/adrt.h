@@ -52,7 +52,8 @@ typedef enum adrt_status {
     ADRT_E_INPUT = 6,    /* the images do not match the bundle's input spec (size, channels) */
     ADRT_E_BUFFER = 7,   /* a buffer length does not match what the call needs */
     ADRT_E_PYTHON = 8,   /* the embedded Python runtime could not start or import adrt */
-    ADRT_E_INTERNAL = 9  /* an unexpected error; the message has the details */
+    ADRT_E_INTERNAL = 9, /* an unexpected error; the message has the details */
+    ADRT_E_OUTPUT = 10   /* the model produced NaN/Inf (e.g. a diverging projection); nothing written */
 } adrt_status;
 
 /* The adrt version the library was built from, e.g. "0.1.0" (static storage). */

@@ -1,0 +1,63 @@
+"""MemAE (Gong et al. 2019): memory-augmented autoencoder, reconstruction-error map, optional MMD score."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from adrt.errors import AdrtError
+from adrt.train.generative.heads import blur_radius
+from adrt.train.generative.loop import check_images, to_tensor, train_network
+from adrt.train.memae.model import TEST_TIME_OPTIONS, MemAEConfig, MemAENet, MemAEScorer, Memory, check_config, entropy
+from adrt.train.registry import register
+
+__all__ = ["MemAE", "MemAEConfig", "MemAEScorer", "MemAENet", "Memory", "entropy", "TEST_TIME_OPTIONS"]
+
+
+@register("memae")
+class MemAE:
+    """Memory-augmented autoencoder (Gong 2019): memory of normal prototypes, reconstruction error (or SSIM) map."""
+
+    Config = MemAEConfig
+    TEST_TIME_OPTIONS = TEST_TIME_OPTIONS
+
+    @staticmethod
+    def build(cfg: MemAEConfig, pretrained: bool = False) -> MemAEScorer:
+        # Nothing is pretrained: every weight, the memory and the MMD reference are in the run.
+        return MemAEScorer(cfg)
+
+    @staticmethod
+    def fit(cfg: MemAEConfig, images, preprocess, seed: int = 0, log=print) -> MemAEScorer:
+        check_config(cfg)
+        stride = 2 ** len(cfg.channels)
+        check_images("memae", images, stride)
+        h, w = images.shape[1:3]
+        if blur_radius(cfg.sigma) >= min(h, w):
+            raise AdrtError(f"memae option sigma={cfg.sigma}: the smoothing radius {blur_radius(cfg.sigma)} px "
+                            f"needs images larger than {h}×{w}")
+        torch.manual_seed(seed)
+        scorer = MemAEScorer(cfg)
+        x_all = to_tensor(images, preprocess)
+        net = scorer.net
+
+        def loss_fn(x):
+            rec, _, wt = net(x)
+            mse = F.mse_loss(rec, x)
+            if wt is None:
+                return mse, {"mse": mse.item()}
+            ent = entropy(wt)
+            return mse + cfg.entropy_weight * ent, {"mse": mse.item(), "entropy": ent.item()}
+
+        kind = f"MemAE, memory {cfg.mem_size}×{cfg.channels[-1]}" if cfg.mem_size else "plain AE (mem_size=0)"
+        train_network(kind, net, loss_fn, x_all, iterations=cfg.iterations, epochs=cfg.epochs,
+                      batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, log=log)
+        scorer.eval()
+        with torch.no_grad():
+            z = torch.cat([net.encoder(x_all[i : i + 32]) for i in range(0, len(x_all), 32)])
+            scorer.set_reference(z, seed)
+            if net.memory is not None:
+                wt = net.memory.address(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+                used = int((wt.amax(0) > 0).sum())
+                log(f"  memory items addressed by the training queries: {used}/{cfg.mem_size}; "
+                    f"mean non-zero weights per query {float((wt > 0).sum(1).float().mean()):.1f}")
+            scorer(x_all[:4])   # raises on a non-finite map or score
+        return scorer

@@ -1,0 +1,76 @@
+"""VAE with iterative energy-based projection (Dehaene 2020) unrolled into the graph, and the MMD score
+(Šmídl, Bím, Pevný 2019) as an alternative image score."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from adrt.errors import AdrtError
+from adrt.train.generative.heads import blur_radius
+from adrt.train.generative.loop import check_images, to_tensor, train_network
+from adrt.train.registry import register
+from adrt.train.vae.model import (TEST_TIME_OPTIONS, VAEConfig, VAENet, VAEScorer, check_config, energy,
+                                  kl_divergence)
+
+__all__ = ["VAE", "VAEConfig", "VAEScorer", "VAENet", "energy", "kl_divergence", "TEST_TIME_OPTIONS"]
+
+
+@register("vae")
+class VAE:
+    """Convolutional VAE: map from K unrolled energy-projection steps (Dehaene 2020) or reconstruction; MMD score option."""
+
+    Config = VAEConfig
+    TEST_TIME_OPTIONS = TEST_TIME_OPTIONS
+
+    @staticmethod
+    def build(cfg: VAEConfig, pretrained: bool = False) -> VAEScorer:
+        # Nothing is pretrained: the weights and the MMD samples/references are all in the run.
+        return VAEScorer(cfg)
+
+    @staticmethod
+    def fit(cfg: VAEConfig, images, preprocess, seed: int = 0, log=print) -> VAEScorer:
+        check_config(cfg)
+        stride = 2 ** len(cfg.channels)
+        check_images("vae", images, stride)
+        h, w = images.shape[1:3]
+        if blur_radius(cfg.sigma) >= min(h, w):
+            raise AdrtError(f"vae option sigma={cfg.sigma}: the smoothing radius {blur_radius(cfg.sigma)} px "
+                            f"needs images larger than {h}×{w}")
+        torch.manual_seed(seed)
+        scorer = VAEScorer(cfg)
+        net = scorer.net
+        x_all = to_tensor(images, preprocess)
+        n_values = x_all[0].numel()
+
+        def loss_fn(x):
+            mu, logvar = net.encode(x)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            rec = ((x - net.decode(z)) ** 2).flatten(1).sum(1).mean()
+            kl = kl_divergence(mu, logvar).mean()
+            return rec + cfg.beta * kl, {"mse": rec.item() / n_values, "kl": kl.item()}
+
+        latent = (cfg.latent_dim, h // stride, w // stride)
+        train_network(f"VAE, latent {latent[0]}×{latent[1]}×{latent[2]}", net, loss_fn, x_all,
+                      iterations=cfg.iterations, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                      seed=seed, log=log)
+        scorer.eval()
+        g = torch.Generator().manual_seed(seed + 1)
+        reps = math.ceil(cfg.mmd_ref_size / len(x_all))
+        with torch.no_grad():
+            agg = []
+            for i in range(0, len(x_all), 32):
+                mu, logvar = net.encode(x_all[i : i + 32])
+                for _ in range(reps):
+                    agg.append((mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)).flatten(1))
+            scorer.set_references(latent, torch.cat(agg), seed)
+            x0 = x_all[:8]
+            if cfg.k_steps:
+                xk = scorer.project(x0)
+                e0 = energy(net, x0, x0, cfg.beta, cfg.lam).mean()
+                ek = energy(net, xk, x0, cfg.beta, cfg.lam).mean()
+                log(f"  projection on {len(x0)} training images: energy {float(e0):.4g} -> {float(ek):.4g} in "
+                    f"{cfg.k_steps} steps (step_size {cfg.step_size}, lam {cfg.lam}); "
+                    f"mean |x0 - xK| {float((x0 - xk).abs().mean()):.4f}")
+            scorer(x0[:4])   # raises on a non-finite map or score (e.g. a step size that diverges)
+        return scorer
