@@ -161,6 +161,12 @@ def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: fl
 
     detector.eval()
     maps, scores = run_raw(detector, normal_images)
+    if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
+        from adrt.errors import AdrtError
+
+        bad = np.flatnonzero(~(np.isfinite(scores) & np.isfinite(maps).reshape(len(maps), -1).all(1)))
+        raise AdrtError(f"calibration: the detector produced NaN/Inf on held-out normal image(s) {bad.tolist()}; "
+                        "no threshold can be set (check the method's options, e.g. a step size)")
     s_mean, s_std = float(scores.mean()), float(scores.std())
     m_mean, m_std = float(maps.mean()), float(maps.std())
     s_std = max(s_std, 1e-6 * max(abs(s_mean), 1.0))

@@ -201,3 +201,17 @@ def test_run_folder_round_trip_and_version_check(runs, tmp_path):
         load_run(bad)
     with pytest.raises(AdrtError, match="not a run folder"):
         load_run(tmp_path)
+
+
+def test_calibration_refuses_non_finite_outputs():
+    class NaNScorer(torch.nn.Module):
+        def forward(self, x):
+            m = x.mean(1)[:, ::8, ::8]
+            return m, torch.log(x.mean((1, 2, 3)) - 10.0)   # NaN for every image in [-1, 1]
+
+    det = Detector(NaNScorer(), InputSpec(32, 32))
+    with pytest.raises(AdrtError, match=r"NaN/Inf on held-out normal image\(s\) \[0, 1\]"):
+        from adrt.train.detector import calibrate
+
+        calibrate(det, np.zeros((2, 32, 32, 3), np.uint8))
+    assert float(det.score_threshold) == 0.0   # nothing half-applied
