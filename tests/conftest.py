@@ -4,7 +4,12 @@ Everything is small (64×64 images, a few dozen of them) so the whole suite stay
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# OpenMP threads that spin while waiting make torch ~10x slower on a shared 2-core machine; set
+# before torch is first imported (fixtures import it lazily).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
