@@ -19,13 +19,19 @@ import torch
 from adrt.errors import AdrtError
 
 
-def check_images(name: str, images: np.ndarray, multiple: int) -> None:
-    """Raise AdrtError for anything but uint8 N×H×W×3 with N ≥ 2 and H, W multiples of ``multiple``."""
+def check_images(name: str, images: np.ndarray, multiple: int, sigma: float = 0.0) -> None:
+    """Raise AdrtError for anything but uint8 N×H×W×3 with N ≥ 2 and H, W multiples of ``multiple``,
+    or for images too small for the smoothing radius of ``sigma``."""
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] != 3 or len(images) < 2:
         shape = getattr(images, "shape", None)
         raise AdrtError(f"{name}: expected uint8 images N×H×W×3 with N ≥ 2, got shape {shape}")
     h, w = images.shape[1:3]
     check_size(name, h, w, multiple)
+    from adrt.train.generative.heads import blur_radius
+
+    if blur_radius(sigma) >= min(h, w):
+        raise AdrtError(f"{name} option sigma={sigma}: the smoothing radius {blur_radius(sigma)} px "
+                        f"needs images larger than {h}×{w}")
 
 
 def check_size(name: str, height: int, width: int, multiple: int) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adrt.errors import AdrtError
-from adrt.train.generative.heads import blur_radius
 from adrt.train.generative.loop import check_images, to_tensor, train_network
 from adrt.train.memae.model import TEST_TIME_OPTIONS, MemAEConfig, MemAENet, MemAEScorer, Memory, check_config, entropy
 from adrt.train.registry import register
@@ -29,11 +27,7 @@ class MemAE:
     def fit(cfg: MemAEConfig, images, preprocess, seed: int = 0, log=print) -> MemAEScorer:
         check_config(cfg)
         stride = 2 ** len(cfg.channels)
-        check_images("memae", images, stride)
-        h, w = images.shape[1:3]
-        if blur_radius(cfg.sigma) >= min(h, w):
-            raise AdrtError(f"memae option sigma={cfg.sigma}: the smoothing radius {blur_radius(cfg.sigma)} px "
-                            f"needs images larger than {h}×{w}")
+        check_images("memae", images, stride, cfg.sigma)
         torch.manual_seed(seed)
         scorer = MemAEScorer(cfg)
         x_all = to_tensor(images, preprocess)

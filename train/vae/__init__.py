@@ -6,8 +6,6 @@ import math
 
 import torch
 
-from adrt.errors import AdrtError
-from adrt.train.generative.heads import blur_radius
 from adrt.train.generative.loop import check_images, to_tensor, train_network
 from adrt.train.registry import register
 from adrt.train.vae.model import (TEST_TIME_OPTIONS, VAEConfig, VAENet, VAEScorer, check_config, energy,
@@ -32,11 +30,8 @@ class VAE:
     def fit(cfg: VAEConfig, images, preprocess, seed: int = 0, log=print) -> VAEScorer:
         check_config(cfg)
         stride = 2 ** len(cfg.channels)
-        check_images("vae", images, stride)
+        check_images("vae", images, stride, cfg.sigma)
         h, w = images.shape[1:3]
-        if blur_radius(cfg.sigma) >= min(h, w):
-            raise AdrtError(f"vae option sigma={cfg.sigma}: the smoothing radius {blur_radius(cfg.sigma)} px "
-                            f"needs images larger than {h}×{w}")
         torch.manual_seed(seed)
         scorer = VAEScorer(cfg)
         net = scorer.net
