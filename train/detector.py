@@ -12,7 +12,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -55,11 +54,31 @@ def blur_matrix(n: int, sigma: float) -> torch.Tensor:
     return mat
 
 
+def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """n_out×n_in matrix U with U @ v = ``F.interpolate(v, n_out, mode="bilinear", align_corners=False)``
+    along one axis (half-pixel centres, edges clamped; no antialiasing, as F.interpolate).
+
+    Vectorised (a handful of ops): it may run inside a trace, where the exporter folds it to a constant.
+    """
+    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0.0)
+    i0 = src.floor().clamp_max(n_in - 1)
+    lam = (src - i0).unsqueeze(1)
+    i0 = i0.long().unsqueeze(1)
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    mat = torch.zeros(n_out, n_in)
+    return mat.scatter_add(1, i0, 1.0 - lam).scatter_add(1, i1, lam)
+
+
 class GaussianBlur(nn.Module):
     """Gaussian blur of an N×H×W map, reflect padding, as two matmuls with banded matrices.
 
     # matmul, not conv: a 1-channel 33-tap conv is slow on every backend, a GEMM is not, and the
     # reflect padding is folded into the matrices so no Pad op is needed.
+
+    :meth:`upsample` folds the bilinear upsampling of a low-resolution patch map into the same
+    two matrices (both are linear and separable): ``(K_h U_h) m (K_w U_w)ᵀ`` costs H·h·w + H·w·W
+    multiply-adds instead of a Resize plus H·W·(H+W) — for PatchCore's 32×32 map at 256×256,
+    2.4 M instead of 33.6 M.
     """
 
     def __init__(self, sigma: float, height: int, width: int):
@@ -68,11 +87,34 @@ class GaussianBlur(nn.Module):
         if self.sigma > 0:
             self.register_buffer("k_h", blur_matrix(height, sigma), persistent=False)
             self.register_buffer("k_w_t", blur_matrix(width, sigma).t().contiguous(), persistent=False)
+        self._resample: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:
         if self.sigma <= 0:
             return m
         return self.k_h @ (m @ self.k_w_t)
+
+    def upsample(self, m: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Bilinear upsampling of N×h×w to N×height×width followed by the blur, as two GEMMs."""
+        h, w = m.shape[-2:]
+        if (h, w) == (height, width):
+            return self(m)
+        # The cache holds real tensors only and is read only in eager mode: under torch.export the
+        # inputs are fake/functional tensors, and there the few ops below are traced and folded
+        # into constants by the exporter.
+        eager = type(m) is torch.Tensor
+        key = (h, w, height, width, m.device)
+        mats = self._resample.get(key) if eager else None
+        if mats is None:
+            a_h, a_w = bilinear_matrix(height, h).to(m.device), bilinear_matrix(width, w).to(m.device)
+            if self.sigma > 0:
+                a_h, a_w = self.k_h @ a_h, self.k_w_t.t() @ a_w
+            mats = (a_h, a_w.t().contiguous())
+            if eager:
+                self._resample[key] = mats
+        a_h, a_w_t = mats
+        # (A_h m) first: its H×w result is the smaller intermediate when h ≤ H.
+        return (a_h @ m) @ a_w_t
 
 
 class Detector(nn.Module):
@@ -107,9 +149,7 @@ class Detector(nn.Module):
         """Uncalibrated map N×H×W (upsampled, smoothed) and score N."""
         x = self.preprocess(image)
         patch_map, patch_score = self.scorer(x)
-        m = F.interpolate(patch_map.unsqueeze(1), size=(self.spec.height, self.spec.width),
-                          mode="bilinear", align_corners=False).squeeze(1)
-        m = self.blur(m)
+        m = self.blur.upsample(patch_map, self.spec.height, self.spec.width)
         score = patch_score if patch_score is not None else m.flatten(1).amax(dim=1)
         return m, score
 

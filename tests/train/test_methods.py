@@ -43,6 +43,21 @@ def test_blur_matrix_equals_reflect_padded_convolution():
     assert torch.allclose(blur_matrix(n, sigma).sum(1), torch.ones(n), atol=1e-6)
 
 
+
+@pytest.mark.parametrize("small, big", [((8, 8), (64, 64)), ((5, 7), (40, 33)), ((32, 32), (256, 256)), ((12, 12), (12, 12))])
+@pytest.mark.parametrize("sigma", [0.0, 1.5])
+def test_blur_upsample_fold_equals_interpolate_then_blur(small, big, sigma):
+    # The detector folds the bilinear upsampling into the blur GEMMs; it must equal
+    # F.interpolate(bilinear, align_corners=False) followed by the blur.
+    import torch.nn.functional as F
+
+    m = torch.rand(3, *small) * 10
+    blur = GaussianBlur(sigma, *big)
+    ref = blur(F.interpolate(m.unsqueeze(1), size=big, mode="bilinear", align_corners=False).squeeze(1))
+    got = blur.upsample(m, *big)
+    assert got.shape == (3, *big)
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-5)
+
 @pytest.mark.parametrize("method", ["patchcore", "padim"])
 def test_detector_outputs_shapes_ranges_and_localises_defects(runs, synth_data, method):
     from adrt.data import Dataset, load_images, load_masks
