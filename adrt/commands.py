@@ -190,8 +190,16 @@ def info(bundle):
     click.echo(f"bundle      {bundle} (format {m['format_version']}, adrt {m['adrt_version']}), checksums ok")
     click.echo(f"method      {m['method']}  {json.dumps(m.get('config', {}))}")
     click.echo(f"input       uint8 N×{i['height']}×{i['width']}×{i['channels']} {i['color']}, resize {i['resize']}")
-    models = ", ".join(f"{k}: {v['file']}" for k, v in m["models"].items())
-    click.echo(f"models      {models}")
+    for k, v in m["models"].items():
+        extra = f", int8 target {v['int8_target']}" if v.get("int8_target") else ""
+        click.echo(f"model       {k}: {v['file']}{extra}" + (f"; float: {v['float_parts']}" if v.get("float_parts") else ""))
+    for tag, e in sorted(m.get("engines", {}).items()):
+        prof = e.get("profile", {})
+        batch = f", batch {prof['min'][0]}/{prof['opt'][0]}/{prof['max'][0]}" if prof.get("min") else ""
+        click.echo(f"engine      {e.get('precision')}: {e.get('file')} for {e.get('gpu')} (sm {e.get('compute_capability')}), "
+                   f"TensorRT {e.get('tensorrt')}{batch}, built {e.get('built', '?')}")
+    if not m.get("engines"):
+        click.echo("engine      none (build one on the target device: adrt build-engine BUNDLE)")
     t = m.get("training", {})
     click.echo(f"training    {t.get('dataset')}: {t.get('n_fit')} fit + {t.get('n_holdout')} calibration images, {t.get('seconds')} s")
     for name, res in m.get("metrics", {}).items():

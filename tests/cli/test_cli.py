@@ -47,6 +47,7 @@ def test_train_eval_infer_bench_info(tmp_path, synth_data):
     assert manifest["metrics"][synth_data.name]["overall"]["image_auroc"] == metrics["overall"]["image_auroc"]
     r = run("info", b)
     assert r.exit_code == 0 and "checksums ok" in r.output and "padim" in r.output
+    assert "model       fp32: model.onnx" in r.output and "engine      none" in r.output
 
     out = tmp_path / "scores.csv"
     r = run("infer", b, synth_data / "test", "--out", out, "--overlays", tmp_path / "ov")

@@ -273,5 +273,10 @@ def test_cli_build_engine_then_infer_on_tensorrt(monkeypatch, bundle, synth_data
     r = CliRunner().invoke(main, ["infer", str(bundle), str(good), "--backend", "tensorrt", "--precision", "int8"])
     assert r.exit_code == 0, r.output
     assert r.output.count("\n") == 1 + len(list(good.iterdir()))
+    r = CliRunner().invoke(main, ["info", str(bundle)])
+    assert r.exit_code == 0, r.output
+    engine_lines = [line for line in r.output.splitlines() if line.startswith("engine")]
+    assert len(engine_lines) == 1 and "int8: engines/" in engine_lines[0] and "TensorRT 8.6.1" in engine_lines[0]
+    assert "batch 1/" in engine_lines[0] and "/4" in engine_lines[0]
     r = CliRunner().invoke(main, ["build-engine", str(bundle), "--min-batch", "3", "--opt-batch", "2"])
     assert r.exit_code != 0 and "1 ≤ min ≤ opt ≤ max" in r.output
