@@ -134,6 +134,9 @@ def infer(bundle, inputs, out, overlays, batch_size, backend, threads, precision
 @click.option("--torch-run", "torch_runs", multiple=True, metavar="[BUNDLE=]RUN",
               help="Run folder a bundle was exported from: also time it in torch eager mode. RUN alone with one "
                    "bundle; BUNDLE=RUN (path or folder name as given) with several. Repeatable.")
+@click.option("--no-torch", is_flag=True,
+              help="Don't time torch eager for bundles whose recorded run folder is here (the default when torch "
+                   "is installed).")
 @click.option("--torch-device", "torch_devices", multiple=True, type=click.Choice(["cpu", "cuda"]), default=("cpu",),
               show_default=True, help="Devices for torch eager (backends torch-eager, torch-cuda); repeatable.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
@@ -156,14 +159,17 @@ def infer(bundle, inputs, out, overlays, batch_size, backend, threads, precision
                    "regression.")
 @click.option("--fail-on-regression", is_flag=True, help="With --compare: exit with status 1 on any regression.")
 @click.pass_context
-def bench_cmd(ctx, bundles, backends, threads, precisions, torch_runs, torch_devices, runs, warmup, rounds, batch,
-              frame, profile_runs, no_gemm, out, compare_to, regression_threshold, fail_on_regression):
+def bench_cmd(ctx, bundles, backends, threads, precisions, torch_runs, no_torch, torch_devices, runs, warmup, rounds,
+              batch, frame, profile_runs, no_gemm, out, compare_to, regression_threshold, fail_on_regression):
     """Latency, throughput, memory and FLOPs of BUNDLES per backend, precision and thread count, interleaved."""
-    from adrt.runtime.bench import (bench_many, compare, load_report, pair_torch_runs, parse_frame, to_markdown,
-                                    write_report)
+    from adrt.runtime.bench import (bench_many, compare, load_report, pair_torch_runs, parse_frame,
+                                    recorded_torch_runs, to_markdown, write_report)
 
     old = load_report(compare_to) if compare_to is not None else None   # a bad file fails before the long run
-    report = bench_many(bundles, backends, threads or (None,), pair_torch_runs(bundles, torch_runs), runs=runs,
+    paired = pair_torch_runs(bundles, torch_runs)
+    if not no_torch:
+        paired.update(recorded_torch_runs(bundles, paired))
+    report = bench_many(bundles, backends, threads or (None,), paired, runs=runs,
                         warmup=warmup, rounds=rounds, batch=batch, frame=parse_frame(frame),
                         profile_runs=profile_runs, gemm=not no_gemm, torch_devices=torch_devices,
                         precisions=precisions)

@@ -521,6 +521,37 @@ def pair_torch_runs(bundles: Sequence, values: Sequence[str]) -> dict:
     return out
 
 
+def recorded_torch_runs(bundles: Sequence, paired: dict, log: Callable[[str], None] | None = _log_stderr) -> dict:
+    """Run folders recorded by ``adrt export`` (manifest ``training.run_folder``) for the bundles that
+    ``paired`` (from ``--torch-run``) leaves out, where torch is installed and the folder still holds the
+    run: ``adrt bench`` then times torch eager in the same run without being told. A bundle whose run is
+    gone (another machine) is noted and benchmarked without torch."""
+    import importlib.util
+
+    from adrt.runtime.bundle import open_bundle
+
+    log = log or (lambda msg: None)
+    todo = [Path(b) for b in bundles if Path(b) not in paired]
+    if not todo or importlib.util.find_spec("torch") is None:
+        return {}
+    found = {}
+    for b in todo:
+        try:
+            bundle = open_bundle(b, verify=False)
+        except Exception:       # noqa: BLE001 - bench_many reports a bad bundle with its own error
+            continue
+        try:
+            run = bundle.manifest.get("training", {}).get("run_folder")
+        finally:
+            bundle.cleanup()
+        if run and (Path(run) / "detector.json").is_file():
+            log(f"{b}: also timing torch eager from its recorded run folder {run} (--no-torch skips it)")
+            found[b] = Path(run)
+        elif run:
+            log(f"{b}: no torch eager timing: its run folder {run} is not here (give one with --torch-run)")
+    return found
+
+
 # --------------------------------------------------------------------------------------------- compare
 
 

@@ -278,7 +278,7 @@ def test_compare_file_of_another_format_is_a_clear_error(tmp_path, content, matc
 
 def test_cli_compare_flags_regressions_and_fails_only_when_asked(runs, tmp_path):
     _, b = runs("padim")
-    fast = ["--runs", 2, "--warmup", 0, "--rounds", 1, "--batch", 2, "--no-gemm", "--profile-runs", 0]
+    fast = ["--runs", 2, "--warmup", 0, "--rounds", 1, "--batch", 2, "--no-gemm", "--profile-runs", 0, "--no-torch"]
     r = cli("bench", b, *fast, "--out", tmp_path / "now")
     assert r.exit_code == 0, r.output
     now = json.loads((tmp_path / "now.json").read_text())
@@ -298,8 +298,39 @@ def test_bench_without_torch_run_does_not_import_torch(runs, tmp_path):
     _, b = runs("padim")
     code = ("import sys\nfrom click.testing import CliRunner\nfrom adrt.cli import main\n"
             f"r = CliRunner().invoke(main, ['bench', {str(b)!r}, '--runs', '1', '--warmup', '0', '--rounds', '1', "
-            "'--no-gemm', '--profile-runs', '0'])\n"
+            "'--no-gemm', '--profile-runs', '0', '--no-torch'])\n"
             "assert r.exit_code == 0, r.output\nassert '| padim | ort-cpu |' in r.output\n"
             "sys.exit(3 if 'torch' in sys.modules else 0)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_bench_times_torch_from_the_recorded_run_folder(runs, tmp_path):
+    # `adrt export` records the run folder; `adrt bench` then adds torch eager without --torch-run.
+    pytest.importorskip("torch")
+    import shutil
+
+    from click.testing import CliRunner
+
+    from adrt.cli import main
+
+    run, b = runs("padim")
+    fast = ["--runs", "1", "--warmup", "0", "--rounds", "1", "--no-gemm", "--profile-runs", "0"]
+    assert json.loads((b / "manifest.json").read_text())["training"]["run_folder"] == str(run.resolve())
+    r = CliRunner().invoke(main, ["bench", str(b), *fast, "--out", str(tmp_path / "auto")])
+    assert r.exit_code == 0, r.output
+    assert [x["backend"] for x in json.loads((tmp_path / "auto.json").read_text())["results"]] == ["ort-cpu", "torch-eager"]
+    assert "recorded run folder" in r.output
+    r = CliRunner().invoke(main, ["bench", str(b), *fast, "--no-torch", "--out", str(tmp_path / "off")])
+    assert r.exit_code == 0, r.output
+    assert [x["backend"] for x in json.loads((tmp_path / "off.json").read_text())["results"]] == ["ort-cpu"]
+    # A bundle carried to a machine without its run: noted, benchmarked without torch.
+    moved = tmp_path / "moved"
+    shutil.copytree(b, moved)
+    m = json.loads((moved / "manifest.json").read_text())
+    m["training"]["run_folder"] = str(tmp_path / "gone")
+    (moved / "manifest.json").write_text(json.dumps(m))
+    r = CliRunner().invoke(main, ["bench", str(moved), *fast, "--out", str(tmp_path / "moved_rep")])
+    assert r.exit_code == 0, r.output
+    assert "is not here" in r.output
+    assert [x["backend"] for x in json.loads((tmp_path / "moved_rep.json").read_text())["results"]] == ["ort-cpu"]
