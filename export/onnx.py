@@ -37,6 +37,12 @@ def export_onnx(detector: Detector, path: str | os.PathLike, batch: int = 2, ops
     spec = detector.spec
     example = torch.zeros(batch, spec.height, spec.width, spec.channels, dtype=torch.uint8)
     names = list(Detector.output_names)
+    # One eager pass first: shape-dependent constants (the blur's upsampling matrices) become
+    # buffers, which the exporter writes as initializers instead of tracing their construction.
+    # A detector whose eager guard refuses the zero image (non-finite output) is still exported:
+    # its graph carries the guard's NaN instead.
+    with torch.no_grad(), contextlib.suppress(AdrtError):
+        detector(example[:1])
     # The torch.export-based exporter: its graph comes out constant-folded (TF-"same" pads folded
     # into the convs, no shape arithmetic), about 12 % faster on ORT CPU than the TorchScript one.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

@@ -40,18 +40,20 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 
 def blur_matrix(n: int, sigma: float) -> torch.Tensor:
-    """n×n matrix K with K @ v = Gaussian-smoothed v under reflect padding (pad < n; folded in)."""
+    """n×n matrix K with K @ v = Gaussian-smoothed v under reflect padding (pad < n; folded in).
+
+    Vectorised (a handful of ops): it may run inside a trace, where the exporter folds it to a constant.
+    """
     k = gaussian_kernel1d(sigma)
     r = k.numel() // 2
-    mat = torch.zeros(n, n)
-    for i in range(n):
-        for t in range(-r, r + 1):
-            j = i + t
-            # reflect (no edge repeat), folding again for kernels wider than the signal
-            while j < 0 or j >= n:
-                j = -j if j < 0 else 2 * (n - 1) - j
-            mat[i, j] += k[t + r]
-    return mat
+    j = torch.arange(n).unsqueeze(1) + torch.arange(-r, r + 1).unsqueeze(0)      # n×(2r+1) source indices
+    if n > 1:
+        # reflect (no edge repeat), folding again for kernels wider than the signal: period 2(n-1)
+        j = torch.remainder(j, 2 * (n - 1))
+        j = torch.where(j > n - 1, 2 * (n - 1) - j, j)
+    else:
+        j = torch.zeros_like(j)
+    return torch.zeros(n, n).scatter_add(1, j, k.unsqueeze(0).expand(n, -1).contiguous())
 
 
 def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
@@ -87,7 +89,6 @@ class GaussianBlur(nn.Module):
         if self.sigma > 0:
             self.register_buffer("k_h", blur_matrix(height, sigma), persistent=False)
             self.register_buffer("k_w_t", blur_matrix(width, sigma).t().contiguous(), persistent=False)
-        self._resample: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:
         if self.sigma <= 0:
@@ -99,20 +100,20 @@ class GaussianBlur(nn.Module):
         h, w = m.shape[-2:]
         if (h, w) == (height, width):
             return self(m)
-        # The cache holds real tensors only and is read only in eager mode: under torch.export the
-        # inputs are fake/functional tensors, and there the few ops below are traced and folded
-        # into constants by the exporter.
-        eager = type(m) is torch.Tensor
-        key = (h, w, height, width, m.device)
-        mats = self._resample.get(key) if eager else None
-        if mats is None:
+        name = f"up_{h}x{w}_to_{height}x{width}"
+        if hasattr(self, name + "_h"):
+            a_h, a_w_t = getattr(self, name + "_h"), getattr(self, name + "_w_t")
+        else:
             a_h, a_w = bilinear_matrix(height, h).to(m.device), bilinear_matrix(width, w).to(m.device)
             if self.sigma > 0:
                 a_h, a_w = self.k_h @ a_h, self.k_w_t.t() @ a_w
-            mats = (a_h, a_w.t().contiguous())
-            if eager:
-                self._resample[key] = mats
-        a_h, a_w_t = mats
+            a_w_t = a_w.t().contiguous()
+            # Kept as non-persistent buffers once computed eagerly (not in the state dict: they
+            # follow from the shapes). Export runs one eager forward first, so the traced graph
+            # holds them as two small initializers; under a trace itself they are only computed.
+            if type(m) is torch.Tensor:
+                self.register_buffer(name + "_h", a_h, persistent=False)
+                self.register_buffer(name + "_w_t", a_w_t, persistent=False)
         # (A_h m) first: its H×w result is the smaller intermediate when h ≤ H.
         return (a_h @ m) @ a_w_t
 

@@ -57,6 +57,17 @@ def test_blur_upsample_fold_equals_interpolate_then_blur(small, big, sigma):
     got = blur.upsample(m, *big)
     assert got.shape == (3, *big)
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-5)
+    # The second call reads the matrices kept from the first; they stay out of the state dict.
+    assert torch.equal(blur.upsample(m, *big), got)
+    assert not any(k.startswith("up_") for k in blur.state_dict())
+
+
+def test_blur_matrix_handles_kernels_wider_than_the_signal():
+    # Reflection folds again when the radius exceeds the length; rows still sum to 1.
+    for n, sigma in [(5, 4.0), (2, 4.0), (1, 1.0)]:
+        k = blur_matrix(n, sigma)
+        assert k.shape == (n, n) and torch.allclose(k.sum(1), torch.ones(n), atol=1e-6)
+    assert torch.allclose(blur_matrix(2, 4.0), blur_matrix(2, 4.0).flip(0).flip(1))
 
 @pytest.mark.parametrize("method", ["patchcore", "padim"])
 def test_detector_outputs_shapes_ranges_and_localises_defects(runs, synth_data, method):
