@@ -13,6 +13,7 @@ import pytest
 from adrt.errors import BundleError, DataError, InputError
 
 from tests.conftest import SIZE, methods
+from tests.export.helpers import run_variants
 
 onnx = pytest.importorskip("onnx")
 # The feature-extractor methods the variants were first designed for (benchmarks/precision.py); the
@@ -118,23 +119,16 @@ def test_int8_variant_is_symmetric_qdq_on_the_backbone(variants):
 
 
 def test_variants_run_through_the_runtime_and_rank_like_fp32(variants, synth_data):
-    import adrt.runtime as rt
-    from adrt.data import Dataset
     from adrt.metrics import image_auroc
+    from adrt.runtime import load
 
-    ds = Dataset.open(synth_data)
-    paths, labels = [s.path for s in ds.test], np.array([s.label for s in ds.test])
-    out = {}
-    for p in ("fp32", "fp16", "int8"):
-        with rt.load(variants, precision=p, threads=1) as s:
-            assert s.precision == p
-            out[p] = s.run_files(paths)
+    labels, out = run_variants(variants, synth_data)
     for p in ("fp16", "int8"):
         assert out[p].maps.shape == out["fp32"].maps.shape and out[p].maps.dtype == np.float32
         assert image_auroc(labels, out[p].raw_scores) >= image_auroc(labels, out["fp32"].raw_scores) - 0.1
     assert np.allclose(out["fp16"].raw_scores, out["fp32"].raw_scores, rtol=0.01)
     with pytest.raises(BundleError, match=r"no 'fp8' model .* it has: fp32, fp16, int8"):
-        rt.load(variants, precision="fp8")
+        load(variants, precision="fp8")
 
 
 def test_int8_cpu_target_uses_uint8_activations(runs, synth_data, tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SIZE, methods
+from tests.export.helpers import run_variants
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -98,18 +99,10 @@ def test_structure_of_the_float_parts(runs):
 
 @pytest.mark.parametrize("method", OTHERS)
 def test_fp16_and_int8_run_through_the_runtime_close_to_fp32(variant_bundles, synth_data, method):
-    import adrt.runtime as rt
-    from adrt.data import Dataset
     from adrt.metrics import image_auroc
 
     b = variant_bundles(method)
-    ds = Dataset.open(synth_data)
-    paths, labels = [s.path for s in ds.test], np.array([s.label for s in ds.test])
-    out = {}
-    for p in ("fp32", "fp16", "int8"):
-        with rt.load(b, precision=p, threads=1) as s:
-            assert s.precision == p
-            out[p] = s.run_files(paths)
+    labels, out = run_variants(b, synth_data)
     ref = out["fp32"].raw_scores
     for p in ("fp16", "int8"):
         r = out[p]
