@@ -174,6 +174,18 @@ def gpu_memory_mb(pid: int) -> tuple[float | None, str | None]:
     return None, "nvidia-smi does not list the worker process (another PID namespace, or a Jetson)"
 
 
+# A GEMM rate that changes by more than this between the start and the end of a run means the
+# machine's speed drifted (other jobs, a VM's host): absolute times are then not comparable across
+# runs, only the ratios measured interleaved within the run.
+GEMM_DRIFT_WARN = 0.15
+
+
+def gemm_drift(g: dict) -> float | None:
+    """Relative change of the GEMM rate from the start to the end of a run (None if not measured)."""
+    a, b = g.get("gflops_start"), g.get("gflops_end")
+    return None if not a or not b else round(b / a - 1.0, 3)
+
+
 def measure_gemm(threads: int | None, n: int = 1024, seconds: float = 0.5) -> dict:
     """numpy float32 n×n matmul rate in a fresh process whose BLAS uses ``threads`` threads (None: its default)."""
     env = dict(os.environ)
@@ -403,6 +415,7 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
         g, again = gemm_rates[_tkey(t)], measure_gemm(t)
         g["gflops_start"], g["gflops_end"] = g.get("gflops"), again.get("gflops")
         g["gflops"] = max((v for v in (g["gflops_start"], g["gflops_end"]) if v), default=None)
+        g["drift"] = gemm_drift(g)
 
     for c in configs:
         if entries[c]["status"] == "ok":
@@ -701,6 +714,13 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"GEMM reference (numpy float32 1024×1024 with {m.get('blas') or 'its BLAS'}, best of the "
                   f"repeats before and after the rounds): "
                   + "; ".join(parts) + "."]
+        for k, v in report["gemm"].items():
+            d = v.get("drift")
+            if d is not None and abs(d) > GEMM_DRIFT_WARN:
+                lines += ["", f"**The machine's speed drifted during this run**: the GEMM at {k} thread(s) ran at "
+                          f"{_f(v.get('gflops_start'))} GFLOP/s before the rounds and {_f(v.get('gflops_end'))} after "
+                          f"({d:+.0%}). Compare the ratios measured within this run, not its absolute times with "
+                          f"another run's."]
     bad = [e for e in report["results"] if e["status"] != "ok"]
     if bad:
         lines += ["", "## Skipped or failed", ""]

@@ -334,3 +334,19 @@ def test_bench_times_torch_from_the_recorded_run_folder(runs, tmp_path):
     assert r.exit_code == 0, r.output
     assert "is not here" in r.output
     assert [x["backend"] for x in json.loads((tmp_path / "moved_rep.json").read_text())["results"]] == ["ort-cpu"]
+
+
+def test_a_drifting_machine_is_flagged(report):
+    # The GEMM reference is measured before and after the rounds; a change beyond GEMM_DRIFT_WARN
+    # is printed so that absolute times are not compared across runs.
+    from adrt.runtime.bench import GEMM_DRIFT_WARN, gemm_drift
+
+    g = report["gemm"]["1"]
+    assert g["drift"] == gemm_drift(g) and g["gflops_start"] and g["gflops_end"]
+    assert gemm_drift({"gflops_start": 100.0, "gflops_end": 70.0}) == -0.3
+    assert gemm_drift({"gflops_start": None, "gflops_end": 70.0}) is None
+    slow, steady = copy.deepcopy(report), copy.deepcopy(report)
+    slow["gemm"]["1"].update(gflops_start=100.0, gflops_end=70.0, drift=-0.3)
+    steady["gemm"]["1"].update(gflops_start=100.0, gflops_end=100.0 * (1 - GEMM_DRIFT_WARN / 2), drift=-GEMM_DRIFT_WARN / 2)
+    assert "speed drifted during this run" in to_markdown(slow) and "(-30%)" in to_markdown(slow)
+    assert "speed drifted" not in to_markdown(steady)
