@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from adrt._version import __version__
@@ -115,6 +114,30 @@ def save_run(det: Detector, meta: dict, out) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def save_derived_run(new: Detector, cfg, meta: dict, run, out, changed: dict, data=None,
+                     log=lambda *a, **k: None, what: str = "derived run") -> Path:
+    """Write run folder ``out`` for ``new``: a detector rebuilt from run ``run`` (its ``meta``) with
+    config ``cfg``, recalibrated on the run's own held-out images, and recorded as derived from it
+    with ``changed``. The held-out images are found again from the recorded seed and counts (the
+    split depends only on the seed and the file names); ``data`` defaults to the recorded dataset."""
+    import copy
+
+    tr = meta["training"]
+    ds = Dataset.open(data if data is not None else tr["data"])
+    n_total = len(ds.train)
+    if n_total != tr["n_fit"] + tr["n_holdout"]:
+        raise AdrtError(f"{ds.root}: {n_total} training images, the run was trained on "
+                        f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
+    _, hold = split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])
+    log(f"{what}: recalibrating on {len(hold)} held-out images")
+    cal = calibrate(new, load_images(hold, new.spec.height, new.spec.width))
+    meta = copy.deepcopy(meta)
+    meta["config"] = asdict(cfg)
+    meta["calibration"] = cal.to_dict()
+    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": dict(changed)}
+    return save_run(new, meta, out)
 
 
 def load_run(run) -> tuple[Detector, dict]:

@@ -4,12 +4,11 @@ The loop lives beside the models, not in them (the models' eval forward is the e
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -124,9 +123,8 @@ def with_options(run: str | os.PathLike, out: str | os.PathLike, data: str | os.
     The held-out images are found again from the recorded seed and counts (the split depends only
     on the seed and the file names); ``data`` defaults to the dataset recorded in the run.
     """
-    from adrt.data import Dataset, load_images, split_holdout
-    from adrt.train.detector import Detector, calibrate
-    from adrt.train.fit import load_run, save_run
+    from adrt.train.detector import Detector
+    from adrt.train.fit import load_run, save_derived_run
     from adrt.train.registry import get_method
 
     meta_path = Path(run) / "detector.json"
@@ -146,19 +144,5 @@ def with_options(run: str | os.PathLike, out: str | os.PathLike, data: str | os.
                         f"test-time options: {', '.join(allowed)}")
     cfg = replace(det.scorer.cfg, **changes)
     scorer = rebuild_scorer(cls, det.scorer, cfg)
-    spec = det.spec
-    new = Detector(scorer.eval(), spec, sigma=cfg.sigma).eval()
-    tr = meta["training"]
-    ds = Dataset.open(data if data is not None else tr["data"])
-    n_total = len(ds.train)
-    if n_total != tr["n_fit"] + tr["n_holdout"]:
-        raise AdrtError(f"{ds.root}: {n_total} training images, the run was trained on "
-                        f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
-    _, hold = split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])
-    log(f"with_options {changes}: recalibrating on {len(hold)} held-out images")
-    cal = calibrate(new, load_images(hold, spec.height, spec.width))
-    meta = copy.deepcopy(meta)
-    meta["config"] = asdict(cfg)
-    meta["calibration"] = cal.to_dict()
-    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": dict(changes)}
-    return save_run(new, meta, out)
+    new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma).eval()
+    return save_derived_run(new, cfg, meta, run, out, changes, data, log, f"with_options {changes}")

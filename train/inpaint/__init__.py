@@ -1,10 +1,9 @@
 """Inpainting: a partial-convolution U-Net inpaints the image behind a set of masks that cover every pixel."""
 from __future__ import annotations
 
-import copy
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from adrt.errors import AdrtError
@@ -45,9 +44,8 @@ def with_mask_set(run: str | os.PathLike, out: str | os.PathLike, data: str | os
     the dataset recorded in the run; the held-out images are found again from the recorded seed
     and count (the split depends only on the seed and file names).
     """
-    from adrt.data import Dataset, load_images, split_holdout
-    from adrt.train.detector import Detector, InputSpec, calibrate
-    from adrt.train.fit import load_run, save_run
+    from adrt.train.detector import Detector, InputSpec
+    from adrt.train.fit import load_run, save_derived_run
 
     bad = sorted(set(changes) - set(TEST_TIME_OPTIONS))
     if bad:
@@ -66,19 +64,6 @@ def with_mask_set(run: str | os.PathLike, out: str | os.PathLike, data: str | os
     scorer.net.load_state_dict(det.scorer.net.state_dict())
     scorer.set_masks(spec.height, spec.width, tr["seed"])
     new = Detector(scorer, spec, sigma=cfg.sigma).eval()
-    ds = Dataset.open(data if data is not None else tr["data"])
-    n_total = len(ds.train)
-    if n_total != tr["n_fit"] + tr["n_holdout"]:
-        raise AdrtError(f"{ds.root}: {n_total} training images, the run was trained on "
-                        f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
-    _, hold = split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])
-    log(f"with_mask_set: cells {cfg.cells} × {cfg.n_masks} masks, error {cfg.error}; "
-        f"recalibrating on {len(hold)} held-out images")
-    cal = calibrate(new, load_images(hold, spec.height, spec.width))
-    meta = copy.deepcopy(meta)
-    meta["config"] = asdict(cfg)
-    meta["calibration"] = cal.to_dict()
-    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()),
-                                        "changed": {k: v for k, v in changes.items()}}
-    return save_run(new, meta, out)
+    return save_derived_run(new, cfg, meta, run, out, changes, data, log,
+                            f"with_mask_set: cells {cfg.cells} × {cfg.n_masks} masks, error {cfg.error}")
 

@@ -32,16 +32,13 @@ def single_scale(run, p: int, out, data=None, log=lambda *a, **k: None):
     Each scale's networks and statistics are independent of the others, so this equals training
     that scale alone with the same seed. ``data`` defaults to the dataset recorded in the run.
     """
-    import copy
-    from dataclasses import asdict, replace
-    from pathlib import Path
+    from dataclasses import replace
 
     import torch
 
-    from adrt.data import Dataset, load_images, split_holdout
     from adrt.errors import AdrtError
-    from adrt.train.detector import Detector, calibrate
-    from adrt.train.fit import load_run, save_run
+    from adrt.train.detector import Detector
+    from adrt.train.fit import load_run, save_derived_run
 
     det, meta = load_run(run)
     if meta["method"] != "students":
@@ -58,17 +55,4 @@ def single_scale(run, p: int, out, data=None, log=lambda *a, **k: None):
         for name in ("t_mean", "t_std", "err_stats", "var_stats"):
             getattr(scorer, name)[0] = getattr(src, name)[k]
     new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma).eval()
-    tr = meta["training"]
-    ds = Dataset.open(data if data is not None else tr["data"])
-    n_total = len(ds.train)
-    if n_total != tr["n_fit"] + tr["n_holdout"]:
-        raise AdrtError(f"{ds.root}: {n_total} training images, the run was trained on "
-                        f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
-    _, hold = split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])
-    log(f"single_scale: p={p}; recalibrating on {len(hold)} held-out images")
-    cal = calibrate(new, load_images(hold, det.spec.height, det.spec.width))
-    meta = copy.deepcopy(meta)
-    meta["config"] = asdict(cfg)
-    meta["calibration"] = cal.to_dict()
-    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": {"scales": [p]}}
-    return save_run(new, meta, out)
+    return save_derived_run(new, cfg, meta, run, out, {"scales": [p]}, data, log, f"single_scale: p={p}")
