@@ -150,6 +150,17 @@ _PASS_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split", "
              "Sub", "Add", "Mul", "Div"}
 
 
+def _links(model) -> tuple[dict, dict]:
+    """(producer node of each tensor, consumer nodes of each tensor) of ``model``'s graph."""
+    prod, cons = {}, {}
+    for n in model.graph.node:
+        for x in n.input:
+            cons.setdefault(x, []).append(n)
+        for o in n.output:
+            prod[o] = n
+    return prod, cons
+
+
 def compared_layers(model, region: Sequence[str]) -> set[str]:
     """Region convs whose output is *compared*: subtracted from another image-dependent tensor (the
     input, for a reconstruction; another network's output, for teacher/student and autoencoder
@@ -164,11 +175,7 @@ def compared_layers(model, region: Sequence[str]) -> set[str]:
     inits = {i.name for i in model.graph.initializer}
     dep = image_dependent(model)
     nodes = list(model.graph.node)
-    prod = {o: n for n in nodes for o in n.output}
-    cons: dict[str, list] = {}
-    for n in nodes:
-        for x in n.input:
-            cons.setdefault(x, []).append(n)
+    prod, cons = _links(model)
     exits = {o for n in nodes if n.name in inside for o in n.output
              if any(c.name not in inside for c in cons.get(o, []))}
     compared = set()
@@ -538,13 +545,7 @@ def addressing_layers(model, region: Sequence[str]) -> set[str]:
     A Softmax that only feeds a score (PatchCore's reweighting) does not count."""
     inside = set(region)
     seeds = {n.name for n in model.graph.node if n.name in inside and n.op_type in _SEED_OPS}
-    cons: dict[str, list] = {}
-    prod = {}
-    for n in model.graph.node:
-        for x in n.input:
-            cons.setdefault(x, []).append(n)
-        for o in n.output:
-            prod[o] = n
+    prod, cons = _links(model)
 
     def feeds_network(node) -> bool:
         stack, seen = list(node.output), set()
@@ -609,9 +610,10 @@ def choose_int8(model, calib_images: np.ndarray, target: Int8Target | str = Int8
     check_calibration_images(calib_images)
     quantisable = int8_region(model)
     n = len(quantisable)
-    compared = sorted(compared_layers(model, feature_region(model)))
-    addressing = sorted(n.name for n in model.graph.node
-                        if n.name in addressing_layers(model, feature_region(model)) and n.op_type in INT8_OP_TYPES)
+    region = feature_region(model)
+    compared = sorted(compared_layers(model, region))
+    found = addressing_layers(model, region)
+    addressing = sorted(x.name for x in model.graph.node if x.name in found and x.op_type in INT8_OP_TYPES)
     check = calib_images if check_images is None else check_images
     check = check[:: max(1, len(check) // 16)][:16]
     ref = _raw_scores(_session(model, threads), check)
