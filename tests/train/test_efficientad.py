@@ -10,43 +10,16 @@ torch = pytest.importorskip("torch")
 from adrt.errors import AdrtError  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
+from tests.train.helpers import one_thread, preprocess, quiet, state, synth_images  # noqa: E402,F401
 
 TINY = dict(image_size=64, width=0.0625, out_channels=8, teacher_steps=4, steps=6, penalty_images=2,
             distill_data="deadleaves:2", checkpoint_every=2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # See tests/train/test_students.py: one torch thread keeps tiny fits quick on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def quiet(*a, **k):
-    pass
 
 
 def tiny_cfg(**kw):
     from adrt.train.efficientad import EfficientADConfig
 
     return EfficientADConfig(**{**TINY, **kw})
-
-
-def synth_images(synth_data, n=None):
-    from adrt.data import Dataset, load_images
-
-    paths = Dataset.open(synth_data).train
-    return load_images(paths[:n] if n else paths, SIZE, SIZE)
-
-
-def preprocess(x):
-    return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
-
-
-def state(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
 
 
 @pytest.mark.parametrize("size", ["s", "m"])

@@ -18,19 +18,10 @@ from adrt.train.inpaint.model import PartialConv2d, PartialUNet, ReconstructionE
 from adrt.train.inpaint.training import fit_scorer, n_steps, resolve_device  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
+from tests.train.helpers import one_thread  # noqa: E402,F401
 
 # Small network and few steps: the tests check behaviour, not quality.
 TINY = dict(channels=(4, 8, 8), cells=(2, 4, 8), train_cells=(2, 4, 8), iterations=3, batch_size=4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: on a loaded machine two intra-op threads spend their time waiting for each
-    # other (measured 4-10× slower here), so these tests run single-threaded.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _preprocess(images):

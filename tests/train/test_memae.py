@@ -15,15 +15,7 @@ from adrt.train.generative.heads import ReconError, kernel, mmd2, ssim_error, _s
 from adrt.train.memae import MemAEConfig, MemAENet, MemAEScorer, Memory, entropy  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors on a shared machine: one intra-op thread is faster than two waiting on each other.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.train.helpers import one_thread  # noqa: E402,F401
 
 
 def test_memory_addressing_is_softmax_cosine_with_hard_shrinkage():

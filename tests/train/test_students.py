@@ -13,45 +13,17 @@ torch = pytest.importorskip("torch")
 from adrt.errors import AdrtError, DataError  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
+from tests.train.helpers import one_thread, preprocess, quiet, state, synth_images  # noqa: E402,F401
 
 # A few seconds per fit on the synthetic 64×64 images.
 TINY = dict(scales=(17, 33), width=8, descriptor_dim=16, bank_size=64, teacher_steps=6, teacher_batch=8,
             distill_data="deadleaves:2", student_steps=4, student_epochs=1.0, stats_images=4, checkpoint_every=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny networks gain nothing from threads, and on a shared 2-core machine torch's spinning
-    # OpenMP threads make every small op ~10× slower; one thread keeps these tests quick.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def quiet(*a, **k):
-    pass
-
-
 def tiny_cfg(**kw):
     from adrt.train.students import StudentsConfig
 
     return StudentsConfig(**{**TINY, **kw})
-
-
-def synth_images(synth_data, n=None):
-    from adrt.data import Dataset, load_images
-
-    paths = Dataset.open(synth_data).train
-    return load_images(paths[:n] if n else paths, SIZE, SIZE)
-
-
-def preprocess(x):
-    return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
-
-
-def state(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
 
 
 @pytest.mark.parametrize("p", [17, 33, 65])

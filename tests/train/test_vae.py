@@ -16,14 +16,7 @@ from adrt.train.generative.heads import guard_finite, kernel  # noqa: E402
 from adrt.train.vae import VAEConfig, VAEScorer, energy, kl_divergence  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.train.helpers import one_thread  # noqa: E402,F401
 
 
 def _scorer(**kw) -> VAEScorer:
