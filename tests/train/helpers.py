@@ -38,3 +38,17 @@ def preprocess(x):
 
 def state(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def score_test_split(det, synth_data):
+    """``det``'s four outputs (amap, score, raw_map, raw_score) on the synthetic test split, with the
+    split's labels and masks."""
+    import numpy as np
+
+    from adrt.data import Dataset, load_images, load_masks
+
+    ds = Dataset.open(synth_data)
+    x = torch.from_numpy(load_images([s.path for s in ds.test], SIZE, SIZE))
+    with torch.inference_mode():
+        out = det(x)
+    return out, np.array([s.label for s in ds.test]), load_masks(ds.test, SIZE, SIZE)

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from adrt.errors import AdrtError  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
-from tests.train.helpers import one_thread, preprocess, quiet, state, synth_images  # noqa: E402,F401
+from tests.train.helpers import one_thread, preprocess, quiet, score_test_split, state, synth_images  # noqa: E402,F401
 
 TINY = dict(image_size=64, width=0.0625, out_channels=8, teacher_steps=4, steps=6, penalty_images=2,
             distill_data="deadleaves:2", checkpoint_every=2)
@@ -174,17 +174,12 @@ def test_medium_size_trains_and_exports_with_parity(synth_data, tmp_path):
 
 def test_default_run_detects_synthetic_defects(runs, synth_data):
     """The registry-wide default run (also exported and parity-checked in tests/export)."""
-    from adrt.data import Dataset, load_images, load_masks
     from adrt.metrics import image_auroc, pixel_auroc
     from adrt.train.fit import load_run
 
     run, _ = runs("efficientad")
     det, meta = load_run(run)
-    ds = Dataset.open(synth_data)
-    x = torch.from_numpy(load_images([s.path for s in ds.test], SIZE, SIZE))
-    with torch.inference_mode():
-        amap, score, raw_map, raw_score = det(x)
-    labels = np.array([s.label for s in ds.test])
+    (amap, score, raw_map, raw_score), labels, masks = score_test_split(det, synth_data)
     assert image_auroc(labels, raw_score.numpy()) > 0.9
-    assert pixel_auroc(load_masks(ds.test, SIZE, SIZE), raw_map.numpy()) > 0.8
+    assert pixel_auroc(masks, raw_map.numpy()) > 0.8
     assert 0 <= float(amap.min()) and float(amap.max()) <= 1

@@ -15,7 +15,7 @@ from adrt.train.generative.heads import ReconError, kernel, mmd2, ssim_error, _s
 from adrt.train.memae import MemAEConfig, MemAENet, MemAEScorer, Memory, entropy  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
-from tests.train.helpers import one_thread  # noqa: E402,F401
+from tests.train.helpers import one_thread, score_test_split  # noqa: E402,F401
 
 
 def test_memory_addressing_is_softmax_cosine_with_hard_shrinkage():
@@ -98,24 +98,19 @@ def test_mmd2_matches_the_explicit_double_sums(kind):
 
 
 def test_trained_memae_localises_defects_and_keeps_its_memory_fixed(runs, synth_data):
-    from adrt.data import Dataset, load_images, load_masks
     from adrt.metrics import image_auroc, pixel_auroc
     from adrt.train.fit import load_run
 
     run, _ = runs("memae")
     det, meta = load_run(run)
     assert meta["config"]["mem_size"] == 500 and det.scorer.mmd_ref.shape[0] > 0
-    ds = Dataset.open(synth_data)
-    x = torch.from_numpy(load_images([s.path for s in ds.test], SIZE, SIZE))
     before = {k: v.clone() for k, v in det.state_dict().items()}
-    with torch.inference_mode():
-        amap, score, raw_map, raw_score = det(x)
+    (amap, score, raw_map, raw_score), labels, masks = score_test_split(det, synth_data)
     for k, v in det.state_dict().items():     # scoring changes nothing: the memory is fixed at test time
         assert torch.equal(v, before[k]), k
     assert torch.isfinite(raw_map).all() and torch.isfinite(raw_score).all()
-    labels = np.array([s.label for s in ds.test])
     assert image_auroc(labels, raw_score.numpy()) > 0.9
-    assert pixel_auroc(load_masks(ds.test, SIZE, SIZE), raw_map.numpy()) > 0.85
+    assert pixel_auroc(masks, raw_map.numpy()) > 0.85
     assert float(score[torch.from_numpy(labels == 0)].mean()) < 0.5
 
 

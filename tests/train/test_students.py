@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,7 +12,7 @@ torch = pytest.importorskip("torch")
 from adrt.errors import AdrtError, DataError  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
-from tests.train.helpers import one_thread, preprocess, quiet, state, synth_images  # noqa: E402,F401
+from tests.train.helpers import one_thread, preprocess, quiet, score_test_split, state, synth_images  # noqa: E402,F401
 
 # A few seconds per fit on the synthetic 64×64 images.
 TINY = dict(scales=(17, 33), width=8, descriptor_dim=16, bank_size=64, teacher_steps=6, teacher_batch=8,
@@ -262,17 +261,12 @@ def test_single_scale_run_equals_that_scale_of_the_multi_scale_run(synth_data, t
 
 def test_default_run_detects_and_localises_synthetic_defects(runs, synth_data):
     """The registry-wide default run (also exported and parity-checked in tests/export)."""
-    from adrt.data import Dataset, load_images, load_masks
     from adrt.metrics import image_auroc, pixel_auroc
     from adrt.train.fit import load_run
 
     run, _ = runs("students")
     det, meta = load_run(run)
-    ds = Dataset.open(synth_data)
-    x = torch.from_numpy(load_images([s.path for s in ds.test], SIZE, SIZE))
-    with torch.inference_mode():
-        amap, score, raw_map, raw_score = det(x)
-    labels = np.array([s.label for s in ds.test])
+    (amap, score, raw_map, raw_score), labels, masks = score_test_split(det, synth_data)
     assert image_auroc(labels, raw_score.numpy()) > 0.9
-    assert pixel_auroc(load_masks(ds.test, SIZE, SIZE), raw_map.numpy()) > 0.85
+    assert pixel_auroc(masks, raw_map.numpy()) > 0.85
     assert meta["calibration"]["score_threshold"] > meta["calibration"]["score_mean"]
