@@ -235,3 +235,30 @@ def test_only_memaes_encoder_addresses_a_memory(runs, method):
         assert max(order[c] for c in found if c in order) < min(order[c] for c in quantised if c in order)
     else:
         assert not found
+
+
+def test_int8_search_benchmark_scans_the_splits_choose_int8_tries(runs, synth_data, tmp_path):
+    # benchmarks/int8_search.py is the evidence INT8_MAX_SCATTER_STD is set from: it must quantise the
+    # same splits, in the same order, as choose_int8, and mark as accepted exactly those within bounds.
+    import importlib.util
+    from pathlib import Path
+
+    from adrt.export import quantize as Q
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "int8_search.py"
+    spec = importlib.util.spec_from_file_location("int8_search", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    bundle = runs("memae")[1]
+    out = tmp_path / "scan"
+    assert mod.main([str(bundle), str(synth_data), "--name", "t", "--max-splits", "3", "--threads", "1",
+                     "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    n = len(Q.int8_region(onnx.load(str(bundle / "model.onnx"))))
+    assert report["quantisable_nodes"] == n
+    assert [(r["float_prefix"], r["float_suffix"]) for r in report["splits"]] == Q._int8_candidates(n)[:3]
+    for r in report["splits"]:
+        assert r["accepted_now"] == (abs(r["holdout_shift_std"]) <= Q.INT8_MAX_SHIFT_STD
+                                     and r["holdout_scatter_std"] <= Q.INT8_MAX_SCATTER_STD)
+        assert 0 <= r["image_auroc"] <= 1 and np.isfinite(r["test_good_scatter_std"])
+    assert "| float prefix |" in out.with_suffix(".md").read_text()
