@@ -38,6 +38,25 @@ def test_runtime_never_imports_torch(runs):
     assert p.returncode == 0, p.stderr
 
 
+def test_a_source_checkout_imports_the_runtime_in_place():
+    # `python -c "import adrt.runtime"` in the repository root, with adrt not installed (or installed
+    # but shadowed by the checkout's adrt/ folder): the parts are found in the top-level folders,
+    # and torch is still not imported. The editable install's finder is removed to emulate that.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [m for m in sys.meta_path if getattr(m, '__name__', '') != '_EditableFinder']\n"
+        "import adrt.runtime, adrt.runtime.bundle\n"
+        "print(adrt.runtime.__file__)\n"
+        "sys.exit(3 if 'torch' in sys.modules else 0)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert p.returncode == 0, p.stderr
+    assert Path(p.stdout.strip()) == root / "runtime" / "__init__.py"
+
+
 def test_run_returns_calibrated_maps_scores_labels(bundle, synth_data):
     import adrt.runtime as rt
     from adrt.data import Dataset
