@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     held = Q.holdout_images(b.manifest, info["root"], h, w)
     if held is None:
         raise SystemExit(f"{args.bundle}: no training holdout for {args.data} (not the bundle's training data?)")
-    check = held[:: max(1, len(held) // 16)][:16]           # what choose_int8 checks on
+    check = Q.check_subset(held)                            # what choose_int8 checks on
     ds = Dataset.open(args.data)
     test = load_images([s.path for s in ds.test], h, w)
     labels = np.array([s.label for s in ds.test])
@@ -73,15 +73,15 @@ def main(argv=None) -> int:
             q = Q.quantize_int8(model, calib, args.target, region=quantisable[k : n - j], calibration_cache=cache,
                                 threads=args.threads)
             s = Q._session(q, args.threads)
-            d = (Q._raw_scores(s, check) - ref_check) / std
+            shift, scatter = Q.score_shift(ref_check, Q._raw_scores(s, check), std)
             got = Q._raw_scores(s, test)
-            dt = (got - ref_test) / std
+            good, bad = labels == 0, labels == 1
             auroc = evaluate(labels, got, types)["overall"]["image_auroc"]
-            row = {"float_prefix": k, "float_suffix": j, "holdout_shift_std": float(d.mean()),
-                   "holdout_scatter_std": float(d.std()), "test_good_scatter_std": float(dt[labels == 0].std()),
-                   "test_defective_scatter_std": float(dt[labels == 1].std()), "image_auroc": auroc,
-                   "loss_points": 100 * (auroc0 - auroc),
-                   "accepted_now": bool(abs(d.mean()) <= Q.INT8_MAX_SHIFT_STD and d.std() <= Q.INT8_MAX_SCATTER_STD)}
+            row = {"float_prefix": k, "float_suffix": j, "holdout_shift_std": shift, "holdout_scatter_std": scatter,
+                   "test_good_scatter_std": Q.score_shift(ref_test[good], got[good], std)[1],
+                   "test_defective_scatter_std": Q.score_shift(ref_test[bad], got[bad], std)[1],
+                   "image_auroc": auroc, "loss_points": 100 * (auroc0 - auroc),
+                   "accepted_now": Q.int8_within_bounds(shift, scatter)}
             rows.append(row)
             print(f"  first {k} / last {j} float: holdout shift {row['holdout_shift_std']:+.3f} scatter "
                   f"{row['holdout_scatter_std']:.3f}, test good {row['test_good_scatter_std']:.3f}; AUROC "

@@ -588,6 +588,25 @@ def int8_region(model) -> list[str]:
     return [n.name for n in model.graph.node if n.name in set(region) and n.op_type in ops and n.name not in keep]
 
 
+CHECK_IMAGES = 16
+
+
+def check_subset(images: np.ndarray, n: int = CHECK_IMAGES) -> np.ndarray:
+    """At most ``n`` images spread evenly over ``images``: what INT8's search and the variants'
+    parity are measured on."""
+    return images[:: max(1, len(images) // n)][:n]
+
+
+def score_shift(ref: np.ndarray, got: np.ndarray, std: float) -> tuple[float, float]:
+    """(mean, std over images) of the raw-score change ``got − ref`` in units of ``std``."""
+    d = (np.asarray(got) - np.asarray(ref)) / std
+    return float(np.mean(d)), float(np.std(d))
+
+
+def int8_within_bounds(shift: float, scatter: float) -> bool:
+    return abs(shift) <= INT8_MAX_SHIFT_STD and scatter <= INT8_MAX_SCATTER_STD
+
+
 def _int8_candidates(n: int, steps: int = INT8_PREFIX_STEPS) -> list[tuple[int, int]]:
     """(float prefix, float suffix) node counts to try, fewest float nodes first (in steps of n/8;
     at a tie: a prefix, then a suffix, then both)."""
@@ -618,7 +637,7 @@ def choose_int8(model, calib_images: np.ndarray, target: Int8Target | str = Int8
     found = addressing_layers(model, region)
     addressing = sorted(x.name for x in model.graph.node if x.name in found and x.op_type in INT8_OP_TYPES)
     check = calib_images if check_images is None else check_images
-    check = check[:: max(1, len(check) // 16)][:16]
+    check = check_subset(check)
     ref = _raw_scores(_session(model, threads), check)
     std = float(score_std) if score_std else float(ref.std()) or 1.0
     tried = []
@@ -628,13 +647,12 @@ def choose_int8(model, calib_images: np.ndarray, target: Int8Target | str = Int8
             q = quantize_int8(model, calib_images, target, region=quantisable[k : n - j], calibration_cache=cache,
                               threads=threads)
             got = _raw_scores(_session(q, threads), check)
-            d = (got - ref) / std
-            shift, scatter = float(np.mean(d)), float(np.std(d))
+            shift, scatter = score_shift(ref, got, std)
             tried.append({"float_prefix": k, "float_suffix": j, "score_shift_std": round(shift, 3),
                           "score_scatter_std": round(scatter, 3)})
             log(f"int8: first {k} and last {j} of {n} nodes float → normal-score shift {shift:+.2f} std, "
                 f"scatter {scatter:.2f} std")
-            if abs(shift) <= INT8_MAX_SHIFT_STD and scatter <= INT8_MAX_SCATTER_STD:
+            if int8_within_bounds(shift, scatter):
                 facts = {"float_prefix_nodes": k, "float_suffix_nodes": j, "quantized_nodes": n - k - j,
                          "first_quantized_node": quantisable[k], "last_quantized_node": quantisable[n - j - 1],
                          "score_shift_std": round(shift, 3), "score_scatter_std": round(scatter, 3),
@@ -793,7 +811,7 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
             variant = convert_fp16(model, region)
         onnx.save(variant, str(tmp))
         score_std = (b.manifest.get("calibration") or {}).get("score_std")
-        parity = variant_parity(fp32, tmp, check[:: max(1, len(check) // 16)][:16], threads, score_std)
+        parity = variant_parity(fp32, tmp, check_subset(check), threads, score_std)
         parity["measured_on"] = measured_on
         if precision is Precision.FP16 and parity["raw_score_median_rel"] > FP16_MAX_MEDIAN_REL:
             raise BundleError(f"the fp16 model does not agree with fp32: raw scores differ by "
