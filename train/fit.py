@@ -152,7 +152,8 @@ def load_run(run) -> tuple[Detector, dict]:
         raise AdrtError(f"{run}: checkpoint version {meta.get('checkpoint_version')!r}, "
                         f"this adrt reads version {CHECKPOINT_VERSION}")
     cls = get_method(meta["method"])
-    cfg = cls.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    stored = {**getattr(cls.Config, "absent", {}), **meta["config"]}     # options newer than the run
+    cfg = cls.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
     spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()})
     det = Detector(cls.build(cfg), spec, sigma=cfg.sigma)
     state = torch.load(w_path, map_location="cpu", weights_only=True)

@@ -125,8 +125,9 @@ def test_patchcore_reweighting_follows_the_paper():
     """s = (1 - exp(d*)/Σ_{N_b(m*)} exp(d)) · s*, with N_b(m*) the b nearest bank rows of m*."""
     from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer
 
-    cfg = PatchCoreConfig(num_neighbors=3, bank_chunk=5)
+    cfg = PatchCoreConfig(num_neighbors=3, bank_chunk=5, embed_dim=0)
     scorer = PatchCoreScorer(cfg, pretrained=False)
+    assert scorer.proj is None and scorer.embed_dim == scorer.features.channels
     g = torch.Generator().manual_seed(1)
     bank = torch.randn(12, scorer.features.channels, generator=g)
     scorer.set_bank(bank)
@@ -141,6 +142,54 @@ def test_patchcore_reweighting_follows_the_paper():
     w = 1 - torch.exp(d[p, nb[0]]) / torch.exp(d[p, nb]).sum()
     assert torch.allclose(patch.flatten(), d.amin(1), atol=1e-4)
     assert torch.allclose(score[0], w * s_star, atol=1e-4)
+
+
+def test_patchcore_projection_keeps_distances_in_the_principal_subspace():
+    """Features lying in a k-dim subspace: distances after projecting on k principal axes are exact."""
+    from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer, principal_axes
+
+    g = torch.Generator().manual_seed(2)
+    k = 5
+    scorer = PatchCoreScorer(PatchCoreConfig(num_neighbors=3, embed_dim=k), pretrained=False)
+    d = scorer.features.channels
+    basis = torch.linalg.qr(torch.randn(d, k, generator=g))[0]            # D×k orthonormal
+    scale = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])                        # distinct variances
+
+    def sample(n):
+        return (torch.randn(n, k, generator=g) * scale) @ basis.t() + 0.3   # offset: PCA centres
+
+    train = sample(400)
+    axes = principal_axes(train, k)
+    assert torch.allclose(axes.t() @ axes, torch.eye(k), atol=1e-5)       # orthonormal
+    assert torch.allclose((axes.t() @ basis).abs().amax(1), torch.ones(k), atol=2e-2)   # the true axes, in order
+    assert torch.equal(axes, principal_axes(train, k))                     # deterministic signs
+    scorer.set_projection(train)
+    assert scorer.proj.shape == (d, k)
+    bank = train[:40]
+    scorer.set_bank(scorer.project(bank))
+    assert scorer.embed_dim == k and scorer.bank_aug.shape == (k + 1, 40)
+    feats = sample(4).t().reshape(1, d, 2, 2)
+    scorer.features = Fixed(feats)
+    patch, _ = scorer(torch.zeros(1, 3, 16, 16))
+    ref = torch.cdist(feats.flatten(2)[0].t(), bank).amin(1)               # full-dimensional distances
+    assert torch.allclose(patch.flatten(), ref, atol=1e-3)
+
+
+def test_patchcore_run_saved_before_embed_dim_loads_unprojected(synth_data, tmp_path):
+    import json
+
+    from adrt.train.fit import load_run, train
+
+    run = train("patchcore", synth_data, tmp_path / "old", size=32, options={"embed_dim": 0},
+                log=lambda *a, **k: None)
+    meta = json.loads((run / "detector.json").read_text())
+    del meta["config"]["embed_dim"]                    # as written before the option existed
+    (run / "detector.json").write_text(json.dumps(meta))
+    det, _ = load_run(run)
+    assert det.scorer.proj is None and det.scorer.cfg.embed_dim == 0
+    x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.isfinite(det(x)[1]).all()
 
 
 def test_greedy_coreset_is_k_center_and_deterministic():

@@ -32,11 +32,13 @@ class PatchCore:
             g = torch.Generator().manual_seed(seed)
             flat = flat[torch.randperm(n_all, generator=g)[: cfg.coreset_max_patches]]
             log(f"  {n_all} patches, coreset searched on a random {flat.shape[0]}")
-        flat = flat.contiguous()
+        scorer.set_projection(flat)
+        flat = scorer.project(flat).contiguous()
         n_keep = max(cfg.num_neighbors, int(round(cfg.coreset_ratio * flat.shape[0])))
         idx = greedy_coreset(flat, n_keep, cfg.projection_dim, seed=seed,
                              progress=lambda i, n: log(f"  coreset {i}/{n}", end="\r"))
         log("")
         scorer.set_bank(flat[idx])
-        log(f"  memory bank {scorer.bank_size}×{flat.shape[1]} from {n_all} patches")
+        reduced = f" (principal axes of {feats.shape[1]})" if scorer.proj is not None else ""
+        log(f"  memory bank {scorer.bank_size}×{flat.shape[1]}{reduced} from {n_all} patches")
         return scorer

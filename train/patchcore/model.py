@@ -1,12 +1,14 @@
 """PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
 
-Locally aware patch features from two backbone taps, a greedy-coreset memory bank (with the
-paper's random-projection speed-up), nearest-neighbour patch scores and the paper's image-score
-reweighting. All scoring is in the module's forward, so it is in the exported graph.
+Locally aware patch features from two backbone taps, projected on their leading principal axes, a
+greedy-coreset memory bank (with the paper's random-projection speed-up), nearest-neighbour patch
+scores and the paper's image-score reweighting. All scoring is in the module's forward, so it is in
+the exported graph.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +22,10 @@ class PatchCoreConfig:
     tap_strides: tuple[int, ...] = (8, 16)
     grid_stride: int = 8
     patch_size: int = 3          # neighbourhood of the locally aware features
+    embed_dim: int = 96          # patch features projected onto their top principal axes (PCA of the
+                                 # training patches) before the bank; 0 keeps all (lite0: 152). The paper's
+                                 # code reduces dims by pooling channels: -7.6 points of image AUROC on magnetic
+                                 # tile here (benchmarks/results/patchcore_dims.md)
     coreset_ratio: float = 0.01  # fraction of training patches kept (paper: 1–25 %; 1 % loses nothing on bottle, 5× faster)
     projection_dim: int = 128    # random projection used only while selecting the coreset
     coreset_max_patches: int = 250_000  # random subsample entering the greedy search (0: all). Each
@@ -27,6 +33,9 @@ class PatchCoreConfig:
     num_neighbors: int = 9       # b in the paper's reweighting
     bank_chunk: int = 4096       # bank rows per matmul tile in the graph: bounds memory for large banks
     sigma: float = 4.0           # Gaussian smoothing of the upsampled map
+
+    # Options a run saved before they existed was trained without (read by load_run).
+    absent: ClassVar[dict] = {"embed_dim": 0}
 
 
 def _sq_dists(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
@@ -54,29 +63,48 @@ class PatchCoreScorer(nn.Module):
         self.features = TapFeatures(cfg.backbone, cfg.tap_strides, cfg.grid_stride, local=cfg.patch_size,
                                     pretrained=pretrained)
         d = self.features.channels
-        # The memory bank M×D is stored as bank_aug = [-2·bankᵀ; |b|²] ((D+1)×M), the form the
+        # proj (D×k): principal axes of the training patch features, set by fit; distances are
+        # taken between projected features. None when all D dimensions are kept.
+        k = cfg.embed_dim if 0 < cfg.embed_dim < d else d
+        self.register_buffer("proj", torch.zeros(d, k) if k < d else None)
+        # The memory bank M×k is stored as bank_aug = [-2·bankᵀ; |b|²] ((k+1)×M), the form the
         # distance GEMM uses; bank_knn holds each bank row's b nearest rows (for reweighting).
-        self.register_buffer("bank_aug", torch.zeros(d + 1, 0))
+        self.register_buffer("bank_aug", torch.zeros(k + 1, 0))
         self.register_buffer("bank_knn", torch.zeros(0, cfg.num_neighbors, dtype=torch.int64))
 
     @property
     def bank_size(self) -> int:
         return self.bank_aug.shape[1]
 
+    @property
+    def embed_dim(self) -> int:
+        return self.bank_aug.shape[0] - 1
+
+    def set_projection(self, patches: torch.Tensor) -> None:
+        """Set ``proj`` to the top principal axes of ``patches`` (M×D training patch features)."""
+        if self.proj is not None:
+            self.proj = principal_axes(patches, self.proj.shape[1])
+
+    def project(self, patches: torch.Tensor) -> torch.Tensor:
+        """…×D patch features → …×k, the space the bank lives in."""
+        return patches if self.proj is None else patches @ self.proj
+
     def set_bank(self, bank: torch.Tensor) -> None:
+        """bank: M×k projected patch features."""
         bank = bank.contiguous().float()
         self.bank_knn = bank_neighbours(bank, self.cfg.num_neighbors, self.cfg.bank_chunk)
         self.bank_aug = torch.cat([-2.0 * bank.t(), (bank * bank).sum(1)[None]], 0).contiguous()
 
     def forward(self, x: torch.Tensor):
         f = self.features(x)                                  # N×D×h×w
-        n, d, h, w = f.shape
-        q = f.flatten(2).transpose(1, 2)                       # N×P×D
+        n, _, h, w = f.shape
+        q = self.project(f.flatten(2).transpose(1, 2))         # N×P×k
+        d = q.shape[-1]
         patch = _nn_sq_dist(q, self.bank_aug, self.cfg.bank_chunk).sqrt()    # N×P nearest-neighbour distance
         # Image score (paper eq. 7): s* = max patch score, reweighted by how isolated the
         # nearest bank element m* of that patch is among its own b neighbours in the bank.
         s_star, idx = patch.max(dim=1)                         # N
-        q_star = torch.gather(q, 1, idx.view(n, 1, 1).expand(n, 1, d)).squeeze(1)            # N×D
+        q_star = torch.gather(q, 1, idx.view(n, 1, 1).expand(n, 1, d)).squeeze(1)            # N×k
         q1 = torch.cat([q_star, torch.ones_like(q_star[:, :1])], dim=1)
         d_all = (q1 @ self.bank_aug + (q_star * q_star).sum(1, keepdim=True)).clamp_min(0.0)   # N×M, one query per image
         m_star = d_all.argmin(dim=1)                           # N
@@ -84,6 +112,20 @@ class PatchCoreScorer(nn.Module):
         d_nb = torch.gather(d_all, 1, nb).sqrt()               # N×b
         weight = 1.0 - torch.softmax(d_nb, dim=1)[:, 0]
         return patch.view(n, h, w), weight * s_star
+
+
+@torch.no_grad()
+def principal_axes(x: torch.Tensor, k: int) -> torch.Tensor:
+    """D×k matrix of the k leading principal axes of the rows of x (M×D), each signed so that its
+    largest-magnitude entry is positive (deterministic). Distances between rows projected on them
+    lose only the variance of the discarded axes."""
+    x = x.double()
+    xc = x - x.mean(0)
+    cov = xc.t() @ xc / max(1, x.shape[0] - 1)
+    _, vecs = torch.linalg.eigh(cov)                       # ascending eigenvalues
+    axes = vecs[:, -k:].flip(1)
+    sign = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    return (axes * sign).float().contiguous()
 
 
 @torch.no_grad()
