@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 
 BENCH_C = r"""
@@ -357,11 +359,7 @@ def main(argv=None) -> int:
             "c_open_ms": statistics.median(c_open), "python_open_ms": statistics.median(py_open),
             "rss": {"images": len(ppms), "c_example_mb": rss_c, "python_mb": rss_py},
         }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    md = to_markdown(report)
-    args.out.with_suffix(".md").write_text(md)
-    print(md)
+    write_report(args.out, report, to_markdown(report))
     return 0
 
 

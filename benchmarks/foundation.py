@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
@@ -78,10 +80,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
     report = {"machine": machine_info(), "torch": torch.__version__, "threads": args.threads, "runs": args.runs,
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_report(args.out, report, to_markdown(report))
     return 0
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2}
 BACKENDS = ("tensorrt", "ort-cuda", "ort-trt")
@@ -195,10 +197,7 @@ def main(argv=None) -> int:
         results += check_bundle(b.resolve(), args.work, args.backends, args.runs, images, log)
     report = {"machine": facts, "tolerance": TOLERANCE, "results": results,
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cwd": os.getcwd()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_report(args.out, report, to_markdown(report))
     ran = [r for r in results if "parity_ok" in r]
     return 1 if any(not r["parity_ok"] for r in ran) else 0
 

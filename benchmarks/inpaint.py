@@ -31,6 +31,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
@@ -265,10 +267,7 @@ def main(argv=None) -> int:
             log(f"{name} {r['cells']}×{r['n_masks']} {r['error']}: image {r['image_auroc']:.3f} "
                 f"pixel {r.get('pixel_auroc', float('nan')):.3f} AUPRO {r.get('aupro', float('nan')):.3f}")
     report["latency"] = latency
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_report(args.out, report, to_markdown(report))
     return 0
 
 

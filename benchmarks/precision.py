@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "mtile": DATA / "magnetic_tile" / "magnetic_tile"}
@@ -259,9 +261,7 @@ def write(args, ort, rows, missing=()) -> dict:
         "registered_methods_not_measured": list(missing),
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(to_markdown(report))
+    write_report(args.out, report, to_markdown(report), show=False)
     return report
 
 

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+
 # Before torch starts OpenMP: on a 2-core machine shared with other jobs, spinning OpenMP threads
 # make torch ~10× slower at 2 threads (measured); passive waiting removes that. Recorded in the JSON.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -167,10 +169,7 @@ def main(argv=None) -> int:
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "rows": sorted(rows.values(), key=lambda r: (r["dataset"], list(CONFIGS).index(r["config"].partition("+")[0]),
                                                  r["config"]))}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_report(args.out, report, to_markdown(report))
     return 0
 
 

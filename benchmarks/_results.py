@@ -1,0 +1,15 @@
+"""What every benchmark script does last: the report as JSON and as Markdown, side by side."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_report(out: Path, report: dict, markdown: str, show: bool = True) -> None:
+    """Write ``out``.json (the report) and ``out``.md (``markdown``); print the Markdown when ``show``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    if show:
+        print(markdown)
