@@ -192,6 +192,7 @@ DEVELOPMENT = """\
 | Students p = 65 | the 428-s run, then 400 more student steps for p = 65 (students MSE 0.08 → 0.025 per dim); torch, 128-px map, no smoothing | 0.945 → 0.922 | 0.816 → 0.859 | 0.572 → 0.629 |
 | Students | the table row's run (2 threads), then 800 and 1600 more student steps per p (Adam restarted at lr 3e-3, ×0.1 over the last 160): students loss roughly halved (p = 17: 0.049 → 0.030, p = 65: 0.021 → 0.011); torch, `benchmarks/students_continue.py` | 0.973 → 0.971 → 0.972 | 0.938 → 0.941 → 0.940 | 0.761 → 0.770 → 0.764 |
 | Students | 3600 teacher steps per p (teacher_epochs 60; distillation loss kd at p = 17: 0.49 at step 1200, 0.39 at 3600), 800 student steps, 2 threads, 900 s (the table row: 637 s) | 0.977 | 0.947 | 0.788 |
+| Students | 10000 teacher steps per p (teacher_epochs 200; kd at p = 17: 0.34), 800 student steps, 2 threads, 1598 s: the students' loss at step 800 is 2–3× that against the 1200-step teacher (p = 33: 0.36 vs 0.12) | 0.935 | 0.938 | 0.772 |
 | EfficientAD-S | the defaults (400 + 1500 steps, lr 2e-3; = the table row), 170 s | 0.987 | 0.958 | 0.814 |
 | EfficientAD-S | the defaults, seed 1 (other holdout/validation split and initialisation), 449 s* | 0.978 | 0.956 | 0.813 |
 | EfficientAD-S | 4000 student steps (epochs 10), lr 2e-3, 893 s* | 0.974 | 0.952 | 0.799 |
