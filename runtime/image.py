@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from adrt.errors import DataError, InputError
+from adrt.errors import AdrtError, DataError, InputError
 
 __all__ = [
     "RESIZE_RULE",
@@ -64,10 +63,23 @@ RESIZE_RULE = "bilinear"
 #: compare with ``path.suffix.lower()`` or use :func:`is_image_file`.
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# Pillow >= 9.1 has the Resampling enum; the bare constants remain for older versions.
-_Resampling = getattr(Image, "Resampling", Image)
-_BILINEAR = _Resampling.BILINEAR
-_NEAREST = _Resampling.NEAREST
+
+
+def _pil():
+    """Pillow's Image module, imported on first use: ``import adrt.runtime`` needs only numpy, and a
+    caller that passes arrays of the bundle's size (C API, camera frames) never needs Pillow."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise AdrtError("reading, writing or resizing images needs Pillow: pip install pillow "
+                        "(or pass uint8 arrays of the bundle's input size)") from e
+    return Image
+
+
+def _resampling(name: str):
+    image = _pil()
+    # Pillow >= 9.1 has the Resampling enum; the bare constants remain for older versions.
+    return getattr(getattr(image, "Resampling", image), name)
 
 _GRAY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 # Formats for which Pillow's "I" mode holds unsigned 16-bit samples (0..65535).
@@ -88,9 +100,10 @@ def _open(path: PathLike) -> "Image.Image":
         raise DataError(f"{p}: no such file (expected an image file)")
     if p.is_dir():
         raise DataError(f"{p}: is a folder (expected an image file)")
+    image = _pil()
     try:
-        return Image.open(p)
-    except UnidentifiedImageError as e:
+        return image.open(p)
+    except image.UnidentifiedImageError as e:
         raise DataError(
             f"{p}: not a readable image (expected a file Pillow can decode, e.g. PNG or JPEG)"
         ) from e
@@ -237,8 +250,8 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
         return image
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"resize input of shape {image.shape} is empty: expected height and width > 0")
-    pil = Image.fromarray(np.ascontiguousarray(image))
-    return np.asarray(pil.resize((w, h), _BILINEAR), dtype=np.uint8).copy()
+    pil = _pil().fromarray(np.ascontiguousarray(image))
+    return np.asarray(pil.resize((w, h), _resampling("BILINEAR")), dtype=np.uint8).copy()
 
 
 def _mask_to_bool(img: "Image.Image", path: PathLike) -> np.ndarray:
@@ -287,6 +300,6 @@ def read_mask(
                 f"expected a mask of the same size as its image"
             )
     if height is not None and (mh, mw) != (height, width):
-        pil = Image.fromarray(mask.astype(np.uint8) * np.uint8(255))
-        mask = np.asarray(pil.resize((width, height), _NEAREST)) != 0
+        pil = _pil().fromarray(mask.astype(np.uint8) * np.uint8(255))
+        mask = np.asarray(pil.resize((width, height), _resampling("NEAREST"))) != 0
     return np.ascontiguousarray(mask, dtype=bool)

@@ -57,6 +57,27 @@ def test_a_source_checkout_imports_the_runtime_in_place():
     assert Path(p.stdout.strip()) == root / "runtime" / "__init__.py"
 
 
+def test_the_runtime_imports_with_numpy_alone(tmp_path):
+    # An interpreter with numpy but without Pillow, ONNX Runtime or torch (blocked here through
+    # sys.modules) still imports the runtime; reading an image then says what to install.
+    code = (
+        "import sys\n"
+        "for m in ('PIL', 'onnxruntime', 'torch'): sys.modules[m] = None\n"
+        "import adrt.runtime as rt\n"
+        "from adrt.errors import AdrtError\n"
+        "from adrt.runtime.image import read_image\n"
+        "try:\n"
+        f"    read_image({str(tmp_path / 'x.png')!r})\n"
+        "except AdrtError as e:\n"
+        "    assert 'pip install pillow' in str(e), e\n"
+        "else:\n"
+        "    sys.exit(4)\n"
+    )
+    (tmp_path / "x.png").write_bytes(b"not decoded")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
 def test_run_returns_calibrated_maps_scores_labels(bundle, synth_data):
     import adrt.runtime as rt
     from adrt.data import Dataset
