@@ -30,11 +30,11 @@ def main(argv=None) -> int:
     import torch
 
     from adrt.data import Dataset, load_images, load_masks, split_holdout
-    from adrt.metrics import aupro, image_auroc, pixel_auroc
+    from adrt.metrics import evaluate
     from adrt.train.fit import load_run
     from adrt.train.students.data import to_tensor
     from adrt.train.students.loop import split_validation
-    from adrt.train.students.training import MIN_TRAIN, validation_stats
+    from adrt.train.students.training import MIN_TRAIN, student_loss, validation_stats
 
     torch.set_num_threads(args.threads)
     det, meta = load_run(args.run)
@@ -42,24 +42,28 @@ def main(argv=None) -> int:
     size = det.spec.height
     ds = Dataset.open(args.data)
     fit_paths, _ = split_holdout(ds.train, 0.1, 4, seed)           # train()'s defaults
+    if len(fit_paths) != meta["training"]["n_fit"]:
+        raise SystemExit(f"{args.run}: trained on {meta['training']['n_fit']} images, but train()'s default holdout "
+                         f"of {args.data} leaves {len(fit_paths)}: not that run's data or holdout")
     x_all = to_tensor(load_images(fit_paths, size, size), det.preprocess, cfg.dense_size)
     tr, va = split_validation(len(x_all), cfg.val_fraction, cfg.min_val, MIN_TRAIN, seed, "students")
     x_tr, x_va = x_all[tr], x_all[va]
     test = load_images([s.path for s in ds.test], size, size)
     masks, labels = load_masks(ds.test, size, size), np.array([s.label for s in ds.test])
+    types = [s.defect_type for s in ds.test]
 
-    def evaluate(tag: str) -> None:
+    def report(tag: str) -> None:
         sc.eval()
         err, var = validation_stats(sc, x_va)
         sc.err_stats.copy_(err)
         sc.var_stats.copy_(var)
         with torch.inference_mode():
             maps = torch.cat([det.raw(torch.from_numpy(test[i : i + 8]))[0] for i in range(0, len(test), 8)]).numpy()
-        scores = maps.reshape(len(maps), -1).max(1)
-        print(f"{tag}: image AUROC {image_auroc(labels, scores):.3f}, pixel AUROC {pixel_auroc(masks, maps):.3f}, "
-              f"AUPRO {aupro(masks, maps):.3f}", flush=True)
+        o = evaluate(labels, maps.reshape(len(maps), -1).max(1), types, masks=masks, maps=maps)["overall"]
+        print(f"{tag}: image AUROC {o['image_auroc']:.3f}, pixel AUROC {o['pixel_auroc']:.3f}, AUPRO {o['aupro']:.3f}",
+              flush=True)
 
-    evaluate("as trained")
+    report("as trained")
     g = torch.Generator().manual_seed(args.seed)
     for r in range(args.rounds):
         t0 = time.perf_counter()
@@ -72,18 +76,14 @@ def main(argv=None) -> int:
                 if r == args.rounds - 1 and i >= 0.8 * args.steps:
                     for group in opt.param_groups:
                         group["lr"] = cfg.student_lr * args.final_lr
-                xb = x_tr[torch.randint(len(x_tr), (cfg.student_batch,), generator=g)]
-                with torch.no_grad():
-                    target = sc.teacher_target(k, xb)
-                err = (sc.student_predictions(k, xb) - target.unsqueeze(1)) ** 2      # N×M×d×H×W
-                loss = err.transpose(0, 1).flatten(1).mean(1).sum()
+                loss, _ = student_loss(sc, k, x_tr[torch.randint(len(x_tr), (cfg.student_batch,), generator=g)])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
             print(f"  round {r + 1}, p={p}: students loss {np.mean(losses[:50]):.4f} -> {np.mean(losses[-50:]):.4f}",
                   flush=True)
-        evaluate(f"+{(r + 1) * args.steps} student steps per p ({time.perf_counter() - t0:.0f} s)")
+        report(f"+{(r + 1) * args.steps} student steps per p ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

@@ -33,6 +33,7 @@ this module never sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -65,6 +66,7 @@ IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 
 
 
+@functools.lru_cache(maxsize=None)
 def _pil():
     """Pillow's Image module, imported on first use: ``import adrt.runtime`` needs only numpy, and a
     caller that passes arrays of the bundle's size (C API, camera frames) never needs Pillow."""

@@ -179,6 +179,16 @@ def validation_stats(scorer: StudentsScorer, x: torch.Tensor) -> tuple[torch.Ten
     return (torch.tensor([stats(e) for e in errs]), torch.tensor([stats(v) for v in vars_]))
 
 
+def student_loss(scorer: StudentsScorer, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, per-student mean squared errors M) of scale ``k``'s students regressing its
+    teacher's standardised descriptors on the images ``x``."""
+    with torch.no_grad():
+        target = scorer.teacher_target(k, x)
+    err = (scorer.student_predictions(k, x) - target.unsqueeze(1)) ** 2      # N×M×d×H×W
+    losses = err.transpose(0, 1).flatten(1).mean(1)
+    return losses.sum(), losses
+
+
 def fit_scorer(cfg: StudentsConfig, images: np.ndarray, preprocess, seed: int = 0, log=print) -> StudentsScorer:
     """Train teachers and students on uint8 N×H×W×3 normal images; returns the scorer in eval mode."""
     check_config(cfg)
@@ -246,12 +256,7 @@ def fit_scorer(cfg: StudentsConfig, images: np.ndarray, preprocess, seed: int = 
 
             def step(i, g, k=k):
                 idx = torch.randint(len(x_train), (cfg.student_batch,), generator=g)
-                xb = x_train[idx]
-                with torch.no_grad():
-                    target = scorer.teacher_target(k, xb)
-                err = (scorer.student_predictions(k, xb) - target.unsqueeze(1)) ** 2   # N×M×d×H×W
-                losses = err.transpose(0, 1).flatten(1).mean(1)
-                loss = losses.sum()
+                loss, losses = student_loss(scorer, k, x_train[idx])
                 return loss, {"loss": loss.item(), **{f"s{j}": l.item() for j, l in enumerate(losses)}}
 
             scorer.teachers.eval()
