@@ -5,7 +5,8 @@ largest model into every later row) and keeps torch out of the parent. The paren
 object per line on stdin and reads one JSON object per line back:
 
     {"cmd": "init", "kind": "ort"|"torch", "bundle", "backend", "threads", "batch", "frame", "warmup", "run"}
-    {"cmd": "round", "n": batch-1 runs, "nb": batch runs, "np": prepare runs}   -> seconds per run
+    {"cmd": "round", "n": batch-1 runs, "nb": batch runs, "np": prepare runs}   -> seconds per run, and
+                                                                                   minor page faults per run
     {"cmd": "stats"}                                                            -> peak RSS
     {"cmd": "profile", "runs": k}                                               -> in-graph split (ORT CPU)
     {"cmd": "exit"}
@@ -48,6 +49,12 @@ def images(h: int, w: int, n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far: first touches of freshly mapped memory. An
+    allocator that returns large buffers to the OS after every run pays them again on the next."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _timed(fn, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -66,6 +73,7 @@ class Target:
         self.kind = msg["kind"]
         self.batch = int(msg["batch"])
         self.info: dict = {"base_rss_mb": round(peak_rss_mb(), 1)}
+        self.largest_batch = 1   # the largest batch this process has run so far
         t0 = time.perf_counter()
         if self.kind == "ort":
             from adrt.runtime.session import load
@@ -92,9 +100,10 @@ class Target:
         self.x1 = images(h, w, 1)
         self.xb = images(h, w, self.batch, seed=1)
         self.frame = images(fh, fw, 1, seed=2)[0]
+        # No batch-B run here: the parent times batch 1 before any larger batch has run in this
+        # process (see bench.PROTOCOL), and warms the batch up itself when it gets to throughput.
         for _ in range(int(msg["warmup"])):
             self.run1()
-        self.runb()
         self.prep()
 
     def _init_torch(self, msg: dict, open_bundle) -> None:
@@ -141,14 +150,21 @@ class Target:
         return self._run(self.x1)
 
     def runb(self):
+        self.largest_batch = max(self.largest_batch, len(self.xb))
         return self._run(self.xb)
 
     def prep(self):
         return self._prepare(self.frame)
 
     def round(self, n: int, nb: int, np_: int) -> dict:
-        self.run1()   # one untimed run: the configurations before this one have used the caches
-        return {"lat": _timed(self.run1, n), "batch": _timed(self.runb, nb), "prep": _timed(self.prep, np_)}
+        out = {"largest_batch_before": self.largest_batch}
+        for key, fn, k in (("lat", self.run1, n), ("batch", self.runb, nb), ("prep", self.prep, np_)):
+            if k:
+                fn()   # one untimed run: the configurations before this one have used the caches
+            f0 = _minor_faults()
+            out[key] = _timed(fn, k)
+            out[key + "_faults"] = (_minor_faults() - f0) / k if k else None
+        return out
 
     def profile(self, runs: int) -> dict:
         """Split batch-1 time into host / ORT overhead / in-graph pre, model and post (ORT CPU only)."""

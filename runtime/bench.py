@@ -7,13 +7,18 @@ std and IQR. Every configuration (bundle × backend × precision × threads, plu
 is given) runs in its own process, and the timed runs are interleaved: ``rounds`` rounds, each
 visiting every configuration in turn (the order rotated each round), so machine noise hits all
 alike. Each round starts with one untimed run, since the other configurations have used the caches.
+The batch-B rounds come after all batch-1 rounds: a larger batch leaves the process in another
+state (with glibc malloc, torch eager stops paying ~4 000 page faults per batch-1 run after one
+batch-8 run, a third of its PatchCore latency), and a batch-1 figure should be what a batch-1 loop
+gets. Minor page faults per timed run are recorded for each phase.
 
 Pre- and post-processing are timed apart: outside the graph, ``Session.prepare`` of a camera frame
 of another size (``frame``, default 480×640) to the bundle's size; inside the graph, ONNX Runtime's
 node profiler splits a run into the cast/normalise prefix, the model, and upsampling + blur +
 calibration (CPU backend only).
 
-Per process: peak RSS (its own, as each configuration has a fresh process) and, on GPU backends,
+Per process: peak RSS after the batch-1 runs and after the batch-B runs (its own, as each
+configuration has a fresh process) and, on GPU backends,
 device memory from nvidia-smi. Per bundle: FLOPs and parameters from the ONNX graph
 (:mod:`adrt.runtime.flops`), and achieved FLOP/s against numpy's float32 GEMM rate measured in
 the same run at the same thread count.
@@ -54,8 +59,9 @@ BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 PROTOCOL = ("batch 1, host uint8 image in -> anomaly map and score back on the host; untimed warm-up, then timed "
             "runs in interleaved rounds (round-robin over all configurations, order rotated each round, one untimed "
-            "run at the start of each round); throughput = batch / median batch time; each configuration in its own "
-            "process")
+            "run at the start of each round); throughput = batch / median batch time, timed in a second set of rounds "
+            "after all batch-1 rounds, so no larger batch has run in a process while its batch 1 is timed; each "
+            "configuration in its own process")
 
 
 class BenchReportError(AdrtError):
@@ -362,33 +368,52 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
                 continue
             workers[c] = w
             entries[c].update(status="ok", **{k: v for k, v in reply["info"].items() if k != "method"})
-            samples[c] = {"lat": [], "batch": [], "prep": [], "round_means": [], "gpu_mem": None, "gpu_reason": None}
+            samples[c] = {"lat": [], "batch": [], "prep": [], "round_means": [], "gpu_mem": None, "gpu_reason": None,
+                          "faults": {}, "rss1": None, "batch1_after": 1}
 
-        for r, n in enumerate(per_round):
-            live = [c for c in configs if c in workers]
-            if not live:
-                break
-            k = r % len(live)
-            order = live[k:] + live[:k]
-            schedule.append([entries[c]["key"] for c in order])
-            log(f"round {r + 1}/{len(per_round)}: {n} runs × {len(live)} configurations")
-            for c in order:
-                try:
-                    res = workers[c].ask({"cmd": "round", "n": n, "nb": max(1, math.ceil(n / batch)), "np": n})
-                except _WorkerError as e:
-                    entries[c].update(status="failed", reason=f"round {r + 1}: {e}")
-                    workers.pop(c).close()
-                    continue
-                s = samples[c]
-                s["lat"] += res["lat"]
-                s["batch"] += res["batch"]
-                s["prep"] += res["prep"]
-                s["round_means"].append(float(np.mean(res["lat"])) * 1e3)
-                if c.gpu:
-                    mb, why = gpu_memory_mb(workers[c].pid)
-                    if mb is not None:
-                        s["gpu_mem"] = max(mb, s["gpu_mem"] or 0.0)
-                    s["gpu_reason"] = why if s["gpu_mem"] is None else None
+        # Phase 1, batch 1 (latency and host prep); phase 2, batch B (throughput). Batch 1 is timed
+        # before any larger batch has run in the process: with glibc malloc, one batch-8 run raises
+        # the mmap threshold for good, and torch eager's batch-1 runs stop paying the page faults
+        # (about 4 000 per run for PatchCore at 256×256) that a batch-1 loop otherwise pays.
+        phases = [("batch 1", lambda n: {"n": n, "nb": 0, "np": n}),
+                  (f"batch {batch}", lambda n: {"n": 0, "nb": max(1, math.ceil(n / batch)), "np": 0})]
+        for phase, (label, counts) in enumerate(phases):
+            for r, n in enumerate(per_round):
+                live = [c for c in configs if c in workers]
+                if not live:
+                    break
+                k = r % len(live)
+                order = live[k:] + live[:k]
+                if phase == 0:
+                    schedule.append([entries[c]["key"] for c in order])
+                log(f"{label}, round {r + 1}/{len(per_round)}: {n} runs × {len(live)} configurations")
+                for c in order:
+                    try:
+                        res = workers[c].ask({"cmd": "round", **counts(n)})
+                    except _WorkerError as e:
+                        entries[c].update(status="failed", reason=f"{label}, round {r + 1}: {e}")
+                        workers.pop(c).close()
+                        continue
+                    s = samples[c]
+                    for key in ("lat", "batch", "prep"):
+                        s[key] += res[key]
+                        if res.get(key + "_faults") is not None:
+                            s["faults"].setdefault(key, []).append(res[key + "_faults"])
+                    if phase == 0:
+                        s["round_means"].append(float(np.mean(res["lat"])) * 1e3)
+                        s["batch1_after"] = max(s["batch1_after"], res["largest_batch_before"])
+                    if c.gpu:
+                        mb, why = gpu_memory_mb(workers[c].pid)
+                        if mb is not None:
+                            s["gpu_mem"] = max(mb, s["gpu_mem"] or 0.0)
+                        s["gpu_reason"] = why if s["gpu_mem"] is None else None
+            if phase == 0:
+                for c in list(workers):
+                    try:
+                        samples[c]["rss1"] = workers[c].ask({"cmd": "stats"})["peak_rss_mb"]
+                    except _WorkerError as e:
+                        entries[c].update(status="failed", reason=f"after the batch-1 runs: {e}")
+                        workers.pop(c).close()
 
         for c in list(workers):
             w = workers[c]
@@ -397,7 +422,8 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
             except _WorkerError as e:
                 entries[c].update(status="failed", reason=f"after the timed runs: {e}")
                 continue
-            entries[c]["peak_rss_mb"] = st["peak_rss_mb"]
+            entries[c]["peak_rss_mb"] = samples[c]["rss1"]
+            entries[c]["peak_rss_batch_mb"] = st["peak_rss_mb"]
             if st.get("torch_cuda_peak_mb") is not None:
                 entries[c]["torch_cuda_peak_mb"] = st["torch_cuda_peak_mb"]
             entries[c]["graph_ms"], entries[c]["graph_reason"] = None, "not profiled (profile_runs=0)"
@@ -460,6 +486,8 @@ def _finish_entry(e: dict, s: dict, c: Config, batch: int, frame, info: dict, ge
     e["latency_ms"] = lat
     e["samples_ms"] = [round(x * 1e3, 4) for x in s["lat"]]
     e["round_means_ms"] = s["round_means"]
+    e["page_faults_per_run"] = {k: round(float(np.mean(v)), 1) for k, v in s["faults"].items()}
+    e["largest_batch_before_batch1"] = s["batch1_after"]   # 1: batch 1 was timed before any larger batch ran
     e["prepare_ms"] = {**stats_ms(s["prep"]), "frame": list(frame)}
     e["throughput"] = {"batch": batch, "images_per_s": float(batch / np.median(s["batch"])),
                        "batch_ms": stats_ms(s["batch"])}
@@ -627,7 +655,8 @@ def compare(new: dict, old: dict, threshold: float = 0.10, against: str | None =
             "regressions": sum(r["regression"] for r in rows),
             "new_only": sorted(new_keys - seen), "old_only": sorted(set(olds) - new_keys),
             "same_machine": (om.get("cpu"), om.get("cpus"), om.get("platform")) ==
-                            (nm.get("cpu"), nm.get("cpus"), nm.get("platform"))}
+                            (nm.get("cpu"), nm.get("cpus"), nm.get("platform")),
+            "same_protocol": old.get("settings", {}).get("protocol") == new.get("settings", {}).get("protocol")}
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -657,22 +686,24 @@ def to_markdown(report: dict) -> str:
              f"Batch 1, host uint8 image in → anomaly map and score on the host; {s['warmup']} warm-up runs, then "
              f"{s['runs']} timed runs per configuration in {s['rounds']} interleaved rounds. Host prep = "
              f"`Session.prepare` of a {fh}×{fw} frame (outside the graph; cast, normalisation, upsampling, blur and "
-             f"calibration are inside it). Throughput at batch {s['batch']}. Peak RSS per configuration "
-             f"(each in its own process).", ""]
+             f"calibration are inside it). Throughput at batch {s['batch']}, timed after all batch-1 runs (a "
+             f"larger batch changes what batch 1 costs afterwards). Peak RSS per configuration (each in its own "
+             f"process) after the batch-1 runs; page faults: minor faults per timed batch-1 run.", ""]
     if m.get("loadavg") and m.get("loadavg_end"):
         l0, l1 = m["loadavg"][0], m["loadavg_end"][0]
         busy = " — above the CPU count: other work shared the machine" if max(l0, l1) > (m["cpus"] or 1) else ""
         lines += [f"Load average (1 min): {l0:.1f} at the start, {l1:.1f} at the end, on {m['cpus']} CPUs{busy}.", ""]
     lines += ["| method | backend | threads | bundle | size | mean ms | p50 | p90 | p99 | min | std | host prep ms "
-              "| img/s (batch) | peak RSS MiB | vs torch |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| img/s (batch) | peak RSS MiB | page faults | vs torch |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in ok:
         lat, size = e["latency_ms"], e.get("size") or ["?", "?"]
         lines.append(f"| {e['method']} | {_be(e)} | {_threads(e['threads'])} | {e['bundle_name']} | "
                      f"{size[0]}×{size[1]} | {lat['mean']:.2f} | {lat['p50']:.2f} | {lat['p90']:.2f} | "
                      f"{lat['p99']:.2f} | {lat['min']:.2f} | {lat['std']:.2f} | {e['prepare_ms']['mean']:.2f} | "
                      f"{e['throughput']['images_per_s']:.1f} ({e['throughput']['batch']}) | "
-                     f"{_f(e.get('peak_rss_mb'))} | {_f(e.get('speedup_vs_torch'), '.2f')}"
+                     f"{_f(e.get('peak_rss_mb'))} | {_f((e.get('page_faults_per_run') or {}).get('lat'), '.0f')} | "
+                     f"{_f(e.get('speedup_vs_torch'), '.2f')}"
                      f"{'×' if e.get('speedup_vs_torch') else ''} |")
     if ok:
         lines += ["", "## Model and efficiency", "",
@@ -738,6 +769,9 @@ def compare_markdown(cmp: dict) -> str:
              f"{thr:.0f} % lower.", ""]
     if not cmp.get("same_machine", True):
         lines += ["**The earlier report is from another machine or platform.**", ""]
+    if not cmp.get("same_protocol", True):
+        lines += ["**The earlier report was timed under another protocol** (see `settings.protocol` in each): "
+                  "its figures are not like for like.", ""]
     lines += ["| method | backend | threads | bundle | old mean ms | new mean ms | mean | p50 | p99 | throughput | |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in cmp["rows"]:

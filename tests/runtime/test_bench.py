@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from adrt.errors import AdrtError, BackendError, InputError
-from adrt.runtime.bench import (BenchReportError, bench, bench_many, compare, load_report, pair_torch_runs,
+from adrt.runtime.bench import (BenchReportError, bench, bench_many, compare, compare_markdown, load_report, pair_torch_runs,
                                 parse_frame, split_runs, stats_ms, to_markdown, write_report)
 
 from tests.conftest import SIZE
@@ -177,6 +177,12 @@ def test_entries_are_consistent(report):
         assert e["prepare_ms"]["frame"] == [480, 640] and e["prepare_ms"]["runs"] == 3
         assert e["throughput"]["batch"] == 2 and e["throughput"]["images_per_s"] > 0
         assert e["size"] == [SIZE, SIZE] and e["peak_rss_mb"] >= e["base_rss_mb"] > 0
+        assert e["peak_rss_batch_mb"] >= e["peak_rss_mb"]
+        # Batch 1 is timed before the process has run any larger batch (that changes what batch 1
+        # costs: glibc's mmap threshold, allocator arenas); throughput is timed afterwards.
+        assert e["largest_batch_before_batch1"] == 1
+        assert set(e["page_faults_per_run"]) == {"lat", "batch", "prep"}
+        assert all(v >= 0 for v in e["page_faults_per_run"].values())
         f = flops[e["bundle"]]
         if f.get("flops"):
             assert e["gflops_per_image"] == pytest.approx(f["flops"] / 1e9)
@@ -201,6 +207,7 @@ def test_reports_are_written_and_read_back(report, tmp_path):
     assert load_report(paths[0])["results"] == json.loads(json.dumps(report["results"]))
     md = paths[1].read_text()
     assert "| padim | ort-cpu | 1 |" in md and "| patchcore | torch-eager | 1 |" in md and "GEMM reference" in md
+    assert "| page faults |" in md and "timed after all batch-1 runs" in md
     page = paths[2].read_text()
     assert page.count("<svg") == 3 and "Accuracy vs latency" not in page    # no eval results in these bundles
     assert "patchcore · torch-eager" in page and "<table>" in page
@@ -258,7 +265,15 @@ def test_compare_flags_a_two_times_slower_run(report):
     c = compare(_slowed(report, 1.05), report, threshold=0.10)
     assert c["regressions"] == 0 and not c["new_only"] and not c["old_only"]
     c = compare(_slowed(report, 0.5), report)                     # faster is not a regression
-    assert c["regressions"] == 0
+    assert c["regressions"] == 0 and c["same_protocol"]
+    assert "another protocol" not in compare_markdown(c)
+
+
+def test_compare_says_when_the_earlier_report_used_another_protocol(report):
+    old = copy.deepcopy(report)
+    old["settings"]["protocol"] = "batch 1 timed after batch-8 runs in the same process"
+    c = compare(report, old)
+    assert not c["same_protocol"] and "timed under another protocol" in compare_markdown(c)
 
 
 @pytest.mark.parametrize("content, match", [
