@@ -365,3 +365,15 @@ def test_a_drifting_machine_is_flagged(report):
     steady["gemm"]["1"].update(gflops_start=100.0, gflops_end=100.0 * (1 - GEMM_DRIFT_WARN / 2), drift=-GEMM_DRIFT_WARN / 2)
     assert "speed drifted during this run" in to_markdown(slow) and "(-30%)" in to_markdown(slow)
     assert "speed drifted" not in to_markdown(steady)
+
+
+def test_worker_peak_rss_is_its_own_not_its_parents():
+    # Linux carries ru_maxrss across fork + exec: a worker started by a large parent reported the
+    # parent's size (every row of one report read 282.5 MiB). peak_rss_mb must be the worker's own.
+    import subprocess
+    import sys
+
+    big = np.ones(256 * 2**20 // 8)            # 256 MiB, touched
+    code = "from adrt.runtime._bench_worker import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert big[-1] == 1.0 and 0 < child < 200
