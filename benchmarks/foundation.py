@@ -9,7 +9,7 @@ Torch eager is timed twice. First as a batch-1 loop runs it by default: with gli
 large temporaries go back to the OS after every forward and are faulted in again (~4 000 minor
 page faults per PatchCore run at 256×256). Then with glibc told to keep them
 (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``, :data:`TUNED_MALLOC`), torch eager's best
-case on this allocator. ONNX Runtime allocates from its own arena and pays neither.
+case on this allocator (`bench(..., worker_env=TUNED_MALLOC)`). ONNX Runtime allocates from its own arena and pays neither.
 
     python benchmarks/foundation.py                       # all methods, both datasets
     python benchmarks/foundation.py --methods patchcore --datasets bottle --runs 50
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,35 +72,28 @@ def main(argv=None) -> int:
                 res = evaluate_session(s, data, args.work / f"{method}_{name}_eval", overlays=8)
             record_metrics(bundle, data, res)   # accuracy travels with the bundle (adrt bench plots it)
             rep = bench(bundle, threads=args.threads, runs=args.runs, torch_run=run)
-            ort_ms = rep["results"][0]["latency_ms"]
-            torch_ms = rep["results"][1]["latency_ms"]
-            saved = {k: os.environ.get(k) for k in TUNED_MALLOC}
-            os.environ.update(TUNED_MALLOC)   # inherited by the bench's worker processes
-            try:
-                rep_t = bench(bundle, threads=args.threads, runs=args.runs, torch_run=run)
-            finally:
-                for k, v in saved.items():
-                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            rep_t = bench(bundle, threads=args.threads, runs=args.runs, torch_run=run, worker_env=TUNED_MALLOC)
+            ort, tch = rep["results"]
+            ort_t, tch_t = rep_t["results"]
+            ort_ms, torch_ms = ort["latency_ms"], tch["latency_ms"]
             o = res["overall"]
             rows.append({
                 "method": method, "dataset": name, "size": args.size,
                 "image_auroc": o["image_auroc"], "pixel_auroc": o.get("pixel_auroc"), "aupro": o.get("aupro"),
                 "f1_max": o["f1_max"], "train_seconds": train_s,
                 "ort_cpu_ms": ort_ms, "torch_eager_ms": torch_ms, "speedup": rep["speedup_vs_torch"],
-                "page_faults_per_run": {"ort": rep["results"][0]["page_faults_per_run"].get("lat"),
-                                        "torch": rep["results"][1]["page_faults_per_run"].get("lat")},
-                "tuned_malloc": {"ort_cpu_ms": rep_t["results"][0]["latency_ms"],
-                                 "torch_eager_ms": rep_t["results"][1]["latency_ms"],
+                "page_faults_per_run": {"ort": ort["page_faults_per_run"].get("lat"),
+                                        "torch": tch["page_faults_per_run"].get("lat")},
+                "tuned_malloc": {"ort_cpu_ms": ort_t["latency_ms"], "torch_eager_ms": tch_t["latency_ms"],
                                  "speedup": rep_t["speedup_vs_torch"],
-                                 "torch_page_faults_per_run": rep_t["results"][1]["page_faults_per_run"].get("lat")},
-                "ort_peak_rss_mb": rep["results"][0]["peak_rss_mb"], "per_type": res["per_type"],
+                                 "torch_page_faults_per_run": tch_t["page_faults_per_run"].get("lat")},
+                "ort_peak_rss_mb": ort["peak_rss_mb"], "per_type": res["per_type"],
                 "bundle_mb": round(sum(p.stat().st_size for p in bundle.iterdir()) / 2**20, 1),
                 "wall_seconds": round(time.perf_counter() - t0, 1),
             })
             print(f"{method} {name}: image AUROC {o['image_auroc']:.3f}, pixel AUROC {o.get('pixel_auroc', 0):.3f}, "
                   f"AUPRO {o.get('aupro', 0):.3f}; ORT {ort_ms['mean']:.1f} ms vs torch {torch_ms['mean']:.1f} ms "
-                  f"(tuned malloc: ORT {rep_t['results'][0]['latency_ms']['mean']:.1f} vs "
-                  f"{rep_t['results'][1]['latency_ms']['mean']:.1f} ms)",
+                  f"(tuned malloc: ORT {ort_t['latency_ms']['mean']:.1f} vs {tch_t['latency_ms']['mean']:.1f} ms)",
                   file=sys.stderr)
     report = {"machine": machine_info(), "torch": torch.__version__, "threads": args.threads, "runs": args.runs,
               "tuned_malloc": TUNED_MALLOC, "rows": rows}

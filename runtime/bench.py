@@ -216,9 +216,9 @@ class _WorkerError(Exception):
 class _Worker:
     """A configuration's process; ``ask`` sends one command and returns the reply (raises on failure)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, extra_env: dict | None = None):
         self.cfg = cfg
-        env = dict(os.environ)
+        env = {**os.environ, **(extra_env or {})}
         if cfg.threads:
             env.update({k: str(cfg.threads) for k in BLAS_THREAD_VARS})
         self._err = tempfile.TemporaryFile(mode="w+")
@@ -310,13 +310,15 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
                torch_runs: dict | None = None, runs: int = 50, warmup: int = 5, rounds: int = 5, batch: int = 8,
                frame: tuple[int, int] = (480, 640), profile_runs: int = 10, gemm: bool = True,
                torch_devices: Sequence[str] = ("cpu",), precisions: Sequence[str] = ("fp32",),
-               log: Callable[[str], None] | None = _log_stderr) -> dict:
+               log: Callable[[str], None] | None = _log_stderr, worker_env: dict | None = None) -> dict:
     """Benchmark every (bundle, backend, precision, threads) configuration, interleaved; see the module docstring.
 
     ``torch_runs`` maps a bundle (as given in ``bundles``) to the run folder it was exported from, adding a
     torch eager configuration per thread count and ``torch_devices`` entry ("cpu": backend ``torch-eager``,
     "cuda": ``torch-cuda``). A configuration that cannot run is reported with
     ``"status": "skipped"`` and the reason; one that fails part-way with ``"status": "failed"``.
+    ``worker_env``: extra environment variables for every configuration's process (e.g. glibc's
+    ``MALLOC_*`` tunables), recorded in the report's settings.
     """
     log = log or (lambda msg: None)
     bundles = list(dict.fromkeys(Path(b) for b in bundles))
@@ -354,7 +356,7 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
                 entries[c].update(status="skipped", reason=info_of[c.bundle]["error"])
                 continue
             log(f"load {entries[c]['name']} ({_bundle_name(c.bundle)}, threads {c.threads or 'default'})")
-            w = _Worker(c)
+            w = _Worker(c, worker_env)
             try:
                 torch_dev = next((d for d, tb in TORCH_BACKENDS.items() if tb == c.backend), None)
                 reply = w.ask({"cmd": "init", "kind": "torch" if torch_dev else "ort", "bundle": str(c.bundle),
@@ -371,20 +373,15 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
             samples[c] = {"lat": [], "batch": [], "prep": [], "round_means": [], "gpu_mem": None, "gpu_reason": None,
                           "faults": {}, "rss1": None, "batch1_after": 1}
 
-        # Phase 1, batch 1 (latency and host prep); phase 2, batch B (throughput). Batch 1 is timed
-        # before any larger batch has run in the process: with glibc malloc, one batch-8 run raises
-        # the mmap threshold for good, and torch eager's batch-1 runs stop paying the page faults
-        # (about 4 000 per run for PatchCore at 256×256) that a batch-1 loop otherwise pays.
-        phases = [("batch 1", lambda n: {"n": n, "nb": 0, "np": n}),
-                  (f"batch {batch}", lambda n: {"n": 0, "nb": max(1, math.ceil(n / batch)), "np": 0})]
-        for phase, (label, counts) in enumerate(phases):
+        def play(label: str, counts: Callable[[int], dict], batch1: bool) -> None:
+            """``per_round`` round-robin rounds over the live workers, each timing ``counts(n)`` runs."""
             for r, n in enumerate(per_round):
                 live = [c for c in configs if c in workers]
                 if not live:
-                    break
+                    return
                 k = r % len(live)
                 order = live[k:] + live[:k]
-                if phase == 0:
+                if batch1:
                     schedule.append([entries[c]["key"] for c in order])
                 log(f"{label}, round {r + 1}/{len(per_round)}: {n} runs × {len(live)} configurations")
                 for c in order:
@@ -399,7 +396,7 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
                         s[key] += res[key]
                         if res.get(key + "_faults") is not None:
                             s["faults"].setdefault(key, []).append(res[key + "_faults"])
-                    if phase == 0:
+                    if batch1:
                         s["round_means"].append(float(np.mean(res["lat"])) * 1e3)
                         s["batch1_after"] = max(s["batch1_after"], res["largest_batch_before"])
                     if c.gpu:
@@ -407,20 +404,30 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
                         if mb is not None:
                             s["gpu_mem"] = max(mb, s["gpu_mem"] or 0.0)
                         s["gpu_reason"] = why if s["gpu_mem"] is None else None
-            if phase == 0:
-                for c in list(workers):
-                    try:
-                        samples[c]["rss1"] = workers[c].ask({"cmd": "stats"})["peak_rss_mb"]
-                    except _WorkerError as e:
-                        entries[c].update(status="failed", reason=f"after the batch-1 runs: {e}")
-                        workers.pop(c).close()
+
+        def stats(c: Config, when: str) -> dict | None:
+            try:
+                return workers[c].ask({"cmd": "stats"})
+            except _WorkerError as e:
+                entries[c].update(status="failed", reason=f"{when}: {e}")
+                workers.pop(c).close()
+                return None
+
+        # All batch-1 rounds (latency, host prep), then the batch-B rounds (throughput): batch 1 is
+        # timed before any larger batch has run in the process. With glibc malloc, one batch-8 run
+        # raises the mmap threshold for good, and torch eager's batch-1 runs stop paying the page
+        # faults (about 4 000 per run for PatchCore at 256×256) that a batch-1 loop otherwise pays.
+        play("batch 1", lambda n: {"n": n, "nb": 0, "np": n}, batch1=True)
+        for c in list(workers):
+            st = stats(c, "after the batch-1 runs")
+            if st is not None:
+                samples[c]["rss1"] = st["peak_rss_mb"]
+        play(f"batch {batch}", lambda n: {"n": 0, "nb": max(1, math.ceil(n / batch)), "np": 0}, batch1=False)
 
         for c in list(workers):
             w = workers[c]
-            try:
-                st = w.ask({"cmd": "stats"})
-            except _WorkerError as e:
-                entries[c].update(status="failed", reason=f"after the timed runs: {e}")
+            st = stats(c, "after the timed runs")
+            if st is None:
                 continue
             entries[c]["peak_rss_mb"] = samples[c]["rss1"]
             entries[c]["peak_rss_batch_mb"] = st["peak_rss_mb"]
@@ -454,7 +461,8 @@ def bench_many(bundles: Sequence, backends: Sequence[str] = ("ort-cpu",), thread
                            "frame": list(frame), "backends": backends, "precisions": precisions, "threads": threads,
                            "torch_runs": {str(k): str(v) for k, v in torch_runs.items()},
                            "torch_devices": list(dict.fromkeys(torch_devices)) if torch_runs else [],
-                           "profile_runs": profile_runs, "protocol": PROTOCOL, "graph_split": GRAPH_SPLIT_RULE},
+                           "profile_runs": profile_runs, "protocol": PROTOCOL, "graph_split": GRAPH_SPLIT_RULE,
+                           "worker_env": dict(worker_env or {})},
               "schedule": schedule, "gemm": gemm_rates if gemm else None,
               "bundles": infos, "results": results}
     report["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
