@@ -65,7 +65,6 @@ RESIZE_RULE = "bilinear"
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-
 @functools.lru_cache(maxsize=None)
 def _pil():
     """Pillow's Image module, imported on first use: ``import adrt.runtime`` needs only numpy, and a
