@@ -377,3 +377,35 @@ def test_worker_peak_rss_is_its_own_not_its_parents():
     code = "from adrt.runtime._bench_worker import peak_rss_mb; print(peak_rss_mb())"
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert big[-1] == 1.0 and 0 < child < 200
+
+
+def test_worker_env_reaches_every_configuration_process(runs, monkeypatch):
+    # bench(..., worker_env=...) is how foundation.py and speedup_repeat.py time torch with glibc's
+    # malloc tuned; the variables must be in each configuration's own process, not only recorded.
+    import adrt.runtime.bench as bench_mod
+
+    seen = []
+
+    class Spy(bench_mod._Worker):
+        checked = False
+
+        def ask(self, msg):
+            reply = super().ask(msg)          # the worker answered: its exec is done, /proc shows its own env
+            if not self.checked:
+                self.checked = True
+                try:
+                    with open(f"/proc/{self.pid}/environ", "rb") as f:
+                        seen.append(b"ADRT_TEST_WORKER_ENV=on" in f.read().split(b"\0"))
+                except OSError:
+                    pytest.skip("needs /proc/PID/environ (Linux)")
+            return reply
+
+    monkeypatch.setattr(bench_mod, "_Worker", Spy)
+    _, b = runs("padim")
+    rep = bench_many([b], ["ort-cpu"], [1, 2], runs=1, warmup=0, rounds=1, batch=2, gemm=False, profile_runs=0,
+                     log=None, worker_env={"ADRT_TEST_WORKER_ENV": "on"})
+    assert [e["status"] for e in rep["results"]] == ["ok", "ok"]
+    assert seen == [True, True] and rep["settings"]["worker_env"] == {"ADRT_TEST_WORKER_ENV": "on"}
+    seen.clear()
+    bench_many([b], ["ort-cpu"], [1], runs=1, warmup=0, rounds=1, batch=2, gemm=False, profile_runs=0, log=None)
+    assert seen == [False]
