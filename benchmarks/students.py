@@ -206,6 +206,8 @@ DEVELOPMENT = """\
 | EfficientAD-S | teacher distilled on the fit images + dead leaves (as the students' teachers), seeds 0 / 1, 143 s each | 0.957 / 0.965 | 0.948 / 0.952 | 0.789 / 0.790 |
 | EfficientAD-S | 256 px, width 0.125, C = 32 (1.24 GFLOPs: the paper's input resolution at about the defaults' compute), 400 + 6000 steps (epochs 40), seed 0, 561 s | 0.972 | 0.886 | 0.693 |
 | Students p = 33 alone | hidden width 64 instead of 32 (the paper: 128–256; 21.75 GFLOPs for this one scale), 1200 teacher + 800 student steps, 2 threads, 475 s (p = 33 at width 32, cut from the multi-scale runs: 0.962 / 0.921 / 0.747 at 2 threads, 0.983 / 0.953 / 0.820 at 1) | 0.988 | 0.949 | 0.812 |
+| Students p = 33 alone | dense maps at 256 px (`dense_size=256`, the paper's input) for the same pixel budget (212 student steps of 256² px instead of 800 of 128² px), seed 0, 2 threads, 273 s, 21.92 GFLOPs | 0.841 | 0.797 | 0.592 |
+| Students p = 65 alone | the same at 256 px: a 65-px patch at 256 px covers what a 33-px one covers at 128 px, seed 0, 2 threads, 378 s, 30.66 GFLOPs (p = 33 at 128 px, 2 threads: 0.962 / 0.921 / 0.747, 5.93 GFLOPs) | 0.961 | 0.923 | 0.754 |
 | EfficientAD-S | teacher distilled on the fit images + 340 crops of 19 scikit-image sample photos (`benchmarks/photo_crops.py`), seeds 0 / 1, 2 threads, 145 / 143 s | 0.907 / 0.911 | 0.920 / 0.917 | 0.735 / 0.726 |
 | EfficientAD-S | teacher distilled on the fit images + the 762 magnetic tile training images, seed 0, 2 threads, 161 s | 0.949 | 0.928 | 0.736 |
 | EfficientAD-S | teacher distilled on the fit images in their 8 dihedral views (flips, 90° turns: 1352 images; a patch not kept), seeds 0 / 1, 2 threads, 180 / 192 s | 0.975 / 0.975 | 0.960 / 0.958 | 0.818 / 0.813 |
@@ -225,7 +227,10 @@ metrics; 4.7× the teacher steps and 4.7× the student steps then took the multi
 0.808 / 0.775 / 0.524 to 0.987 / 0.942 / 0.786 (1 thread; the table row, trained at 2 threads: 0.973 /
 0.938 / 0.761) in 2.5× the training time (teachers 11 / 44 / 161 s and students 215 / 258 / 341 s for
 p = 17 / 33 / 65). The paper's 100 epochs (~21 000 image passes) are ~25× the student
-budget here.
+budget here. Nor is the map resolution the lever for AUPRO: at the paper's 256 px input, with the same pixel
+budget, p = 65 (which covers at 256 px what p = 33 covers at 128 px) gives what p = 33 gives at 128 px
+(AUPRO 0.754 vs 0.747) for 5× the operations, and p = 33 at 256 px, whose patches are a quarter of the
+area, falls to 0.592.
 
 EfficientAD-S and the target (image AUROC ≥ 0.99 on bottle): not reached. The implementation follows
 the paper's Algorithm 1 (hard feature loss at q = 0.999, penalty loss, AE and ST-AE losses on one
