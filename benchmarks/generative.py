@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     report.update({"machine": machine_info(), "torch": torch.__version__, "threads": args.threads,
                    "size": args.size, "runs": args.runs, "training_options": args.options,
                    "command": " ".join(["python", "benchmarks/generative.py", *(argv or sys.argv[1:])])})
-    rows = [r for r in report.get("rows", []) if r["dataset"] not in args.datasets]
+    old_rows = report.get("rows", [])   # report["rows"] is rewritten after each dataset
+    rows = [r for r in old_rows if r["dataset"] not in args.datasets]
     args.latency_threads = args.latency_threads or list(dict.fromkeys([args.threads, 1]))
     latency = report.get("latency", [])
     for i, name in enumerate(args.datasets):
@@ -81,14 +82,14 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         if args.skip_eval:
-            rows += [r for r in report.get("rows", []) if r["dataset"] == name]
+            rows += [r for r in old_rows if r["dataset"] == name]
         else:
             rows += dataset_rows(name, data, args)
         log(f"{name}: {time.perf_counter() - t0:.0f} s")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report["rows"] = rows
         if i == 0 and not args.no_latency:
-            latency = latency_rows(name, data, args)
+            latency = latency_rows(name, data, args, latency)
             report["latency"] = latency
             report["latency_dataset"] = name
         out_json.write_text(json.dumps(report, indent=2))
@@ -252,7 +253,9 @@ def dataset_rows(name: str, data: Path, args) -> list[dict]:
     return rows
 
 
-def latency_rows(name: str, data: Path, args) -> list[dict]:
+def latency_rows(name: str, data: Path, args, previous: list[dict] = ()) -> list[dict]:
+    """ORT vs torch eager per detector and thread count; a reused bundle keeps the export time that
+    ``previous`` (the results file's latency rows) recorded for it."""
     from adrt.runtime.bench import bench
 
     vae = args.work / f"vae_{data.name}"
@@ -268,6 +271,9 @@ def latency_rows(name: str, data: Path, args) -> list[dict]:
     rows = []
     for label, run, k in todo:
         bundle, export_s = exported(run, data, args)
+        if export_s is None:
+            export_s = next((r.get("export_seconds") for r in previous
+                             if r["label"] == label and r["dataset"] == name), None)
         for threads in args.latency_threads:
             log(f"  bench {label}, {threads} threads")
             rep = bench(bundle, threads=threads, runs=args.runs, torch_run=run, batch=4)
