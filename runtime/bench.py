@@ -183,6 +183,7 @@ def gpu_memory_mb(pid: int) -> tuple[float | None, str | None]:
 # A GEMM rate that changes by more than this between the start and the end of a run means the
 # machine's speed drifted (other jobs, a VM's host): absolute times are then not comparable across
 # runs, only the ratios measured interleaved within the run.
+FAULTS_NOTE = 1000   # torch-eager minor page faults per batch-1 run above which the Markdown explains them
 GEMM_DRIFT_WARN = 0.15
 
 
@@ -713,6 +714,17 @@ def to_markdown(report: dict) -> str:
                      f"{_f(e.get('peak_rss_mb'))} | {_f((e.get('page_faults_per_run') or {}).get('lat'), '.0f')} | "
                      f"{_f(e.get('speedup_vs_torch'), '.2f')}"
                      f"{'×' if e.get('speedup_vs_torch') else ''} |")
+    if s.get("worker_env"):
+        lines += ["", "Environment of every configuration's process: "
+                  + ", ".join(f"`{k}={v}`" for k, v in s["worker_env"].items()) + "."]
+    faulty = [e for e in ok if e["backend"] == "torch-eager"
+              and ((e.get("page_faults_per_run") or {}).get("lat") or 0) >= FAULTS_NOTE]
+    if faulty:
+        worst = max(e["page_faults_per_run"]["lat"] for e in faulty)
+        lines += ["", f"Torch eager paid up to {worst:.0f} minor page faults per batch-1 run: glibc's malloc hands its "
+                  "large temporaries back to the OS after each forward, as it does in any batch-1 torch loop. Its "
+                  "best case on glibc, for comparison: the same bench with `MALLOC_MMAP_THRESHOLD_=67108864 "
+                  "MALLOC_TRIM_THRESHOLD_=134217728` in the environment (ONNX Runtime is not affected)."]
     if ok:
         lines += ["", "## Model and efficiency", "",
                   "| method | backend | threads | bundle | GFLOPs/img | params M | achieved GFLOP/s | % of GEMM "

@@ -367,6 +367,28 @@ def test_a_drifting_machine_is_flagged(report):
     assert "speed drifted" not in to_markdown(steady)
 
 
+def test_torch_page_faults_are_explained_and_worker_env_is_shown(report):
+    # A torch-eager row paying thousands of faults per run gets a note naming glibc's settings for
+    # torch's best case; a report made with worker_env says which environment its processes had.
+    from adrt.runtime.bench import FAULTS_NOTE
+
+    torch_rows = [e for e in report["results"] if e["status"] == "ok" and e["backend"] == "torch-eager"]
+    assert torch_rows
+    faulty, few, tuned = copy.deepcopy(report), copy.deepcopy(report), copy.deepcopy(report)
+    for rep, faults in ((faulty, 4576.0), (few, FAULTS_NOTE - 1.0), (tuned, 0.1)):
+        for e in rep["results"]:
+            if e["status"] == "ok" and e["backend"] == "torch-eager":
+                e["page_faults_per_run"] = {**(e.get("page_faults_per_run") or {}), "lat": faults}
+    tuned["settings"]["worker_env"] = {"MALLOC_MMAP_THRESHOLD_": "67108864"}
+    md = to_markdown(faulty)
+    assert "Torch eager paid up to 4576 minor page faults per batch-1 run" in md
+    assert "MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=134217728" in md
+    assert "page faults per batch-1 run" not in to_markdown(few)
+    md = to_markdown(tuned)
+    assert "Torch eager paid" not in md
+    assert "Environment of every configuration's process: `MALLOC_MMAP_THRESHOLD_=67108864`." in md
+
+
 def test_worker_peak_rss_is_its_own_not_its_parents():
     # Linux carries ru_maxrss across fork + exec: a worker started by a large parent reported the
     # parent's size (every row of one report read 282.5 MiB). peak_rss_mb must be the worker's own.
