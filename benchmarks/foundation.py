@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 
 from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from adrt.runtime.bench import TUNED_MALLOC  # glibc settings for torch eager's best case
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
-# glibc: serve allocations up to 64 MiB from the heap and keep up to 128 MiB of free heap.
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 
 

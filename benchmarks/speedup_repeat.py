@@ -6,7 +6,7 @@ eager, each in its own process, interleaved) ``--repeats`` times per bundle, in 
 
 * ``default``: torch eager as a batch-1 loop runs it in a fresh process (glibc returns its large
   temporaries to the OS and faults them in again on every forward);
-* ``tuned``: glibc told to keep them (:data:`foundation.TUNED_MALLOC`), torch eager's best case.
+* ``tuned``: glibc told to keep them (:data:`adrt.runtime.bench.TUNED_MALLOC`), torch eager's best case.
 
 Within a repeat every bundle is benched in both states before the next repeat starts, so host drift
 spreads over all rows. Reports the ratio of means and of medians per repeat, and their minimum,
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
-from foundation import TUNED_MALLOC
+from adrt.runtime.bench import TUNED_MALLOC
 
 HERE = Path(__file__).resolve().parent
 STATES = {"default": None, "tuned": TUNED_MALLOC}

@@ -180,10 +180,15 @@ def gpu_memory_mb(pid: int) -> tuple[float | None, str | None]:
     return None, "nvidia-smi does not list the worker process (another PID namespace, or a Jetson)"
 
 
+# Torch eager paying this many minor page faults per batch-1 run or more gets a note in the Markdown,
+# with the glibc settings under which it keeps its temporaries (its best case on glibc: pass them as
+# bench(..., worker_env=TUNED_MALLOC) or put them in the environment).
+FAULTS_NOTE = 1000
+# glibc: serve allocations up to 64 MiB from the heap and keep up to 128 MiB of free heap.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 # A GEMM rate that changes by more than this between the start and the end of a run means the
 # machine's speed drifted (other jobs, a VM's host): absolute times are then not comparable across
 # runs, only the ratios measured interleaved within the run.
-FAULTS_NOTE = 1000   # torch-eager minor page faults per batch-1 run above which the Markdown explains them
 GEMM_DRIFT_WARN = 0.15
 
 
@@ -722,9 +727,10 @@ def to_markdown(report: dict) -> str:
     if faulty:
         worst = max(e["page_faults_per_run"]["lat"] for e in faulty)
         lines += ["", f"Torch eager paid up to {worst:.0f} minor page faults per batch-1 run: glibc's malloc hands its "
-                  "large temporaries back to the OS after each forward, as it does in any batch-1 torch loop. Its "
-                  "best case on glibc, for comparison: the same bench with `MALLOC_MMAP_THRESHOLD_=67108864 "
-                  "MALLOC_TRIM_THRESHOLD_=134217728` in the environment (ONNX Runtime is not affected)."]
+                  "large temporaries back to the OS after each forward, as in any batch-1 torch loop with glibc's "
+                  "defaults. Its best case on glibc, for comparison: the same bench with "
+                  f"`{' '.join(f'{k}={v}' for k, v in TUNED_MALLOC.items())}` in the environment (ONNX Runtime "
+                  "is not affected)."]
     if ok:
         lines += ["", "## Model and efficiency", "",
                   "| method | backend | threads | bundle | GFLOPs/img | params M | achieved GFLOP/s | % of GEMM "
