@@ -12,9 +12,11 @@ Within a repeat every bundle is benched in both states before the next repeat st
 spreads over all rows. Reports the ratio of means and of medians per repeat, and their minimum,
 median and maximum. Writes benchmarks/results/speedup_repeat.{json,md}.
 
-    python benchmarks/speedup_repeat.py BUNDLE=RUN [BUNDLE=RUN ...] --repeats 3
+    python benchmarks/speedup_repeat.py BUNDLE [BUNDLE ...] --repeats 3    # torch from each manifest's run folder
+    python benchmarks/speedup_repeat.py A B --torch-run A=RUN_A --torch-run B=RUN_B
 
-Needs `pip install -e ".[train]"` (torch for the eager side) and trained runs with their bundles.
+Needs `pip install -e ".[train]"` (torch for the eager side) and the training run of every bundle
+(found as `adrt bench` finds it: `--torch-run`, else the run folder its manifest records).
 """
 from __future__ import annotations
 
@@ -29,19 +31,6 @@ from adrt.runtime.bench import TUNED_MALLOC
 
 HERE = Path(__file__).resolve().parent
 STATES = {"default": None, "tuned": TUNED_MALLOC}
-
-
-def pairs(values: list[str]) -> list[tuple[Path, Path]]:
-    out = []
-    for v in values:
-        bundle, eq, run = v.partition("=")
-        if not eq or not bundle or not run:
-            raise SystemExit(f"{v!r}: expected BUNDLE=RUN (a bundle folder and the training run it was exported from)")
-        for p in (bundle, run):
-            if not Path(p).is_dir():
-                raise SystemExit(f"{p}: no such folder")
-        out.append((Path(bundle), Path(run)))
-    return out
 
 
 def summary(values: list[float]) -> dict:
@@ -72,7 +61,9 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("pairs", nargs="+", metavar="BUNDLE=RUN")
+    ap.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE")
+    ap.add_argument("--torch-run", action="append", default=[], metavar="[BUNDLE=]RUN",
+                    help="A bundle's training run, as for `adrt bench` (default: the run folder its manifest records).")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
@@ -80,9 +71,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.runs < 1:
         raise SystemExit("--repeats and --runs: expected positive numbers")
-    todo = pairs(args.pairs)
 
-    from adrt.runtime.bench import bench, machine_info
+    from adrt.runtime.bench import bench, machine_info, pair_torch_runs, recorded_torch_runs
+
+    paired = pair_torch_runs(args.bundles, args.torch_run)
+    torch_runs = {**recorded_torch_runs(args.bundles, paired, log=None), **paired}
+    missing = [str(b) for b in args.bundles if b not in torch_runs]
+    if missing:
+        raise SystemExit(f"no training run for {', '.join(missing)}: torch eager needs one (--torch-run BUNDLE=RUN)")
+    todo = [(b, torch_runs[b]) for b in args.bundles]
+    for b, r in todo:
+        print(f"{b}: torch eager from {r}", flush=True)
 
     t0 = time.perf_counter()
     got: dict[tuple[str, str], list[dict]] = {}
@@ -92,13 +91,13 @@ def main(argv=None) -> int:
                 rep = bench(bundle, threads=args.threads, runs=args.runs, torch_run=run, worker_env=env)
                 ort, tch = rep["results"]
                 got.setdefault((bundle.name, state), []).append({
-                    "ort": ort["latency_ms"], "torch": tch["latency_ms"],
+                    "ort": ort["latency_ms"], "torch": tch["latency_ms"], "speedup": rep["speedup_vs_torch"],
                     "torch_faults": tch["page_faults_per_run"].get("lat")})
                 print(f"repeat {r + 1}/{args.repeats} {bundle.name} {state}: ORT {ort['latency_ms']['mean']:.2f} ms, "
                       f"torch {tch['latency_ms']['mean']:.2f} ms, {rep['speedup_vs_torch']:.2f}×", flush=True)
     rows = []
     for (name, state), reps in got.items():
-        r_mean = [e["torch"]["mean"] / e["ort"]["mean"] for e in reps]
+        r_mean = [e["speedup"] for e in reps]   # adrt bench's ratio: torch mean / ORT mean
         r_p50 = [e["torch"]["p50"] / e["ort"]["p50"] for e in reps]
         rows.append({"bundle": name, "state": state, "ratios_mean": r_mean, "ratios_p50": r_p50,
                      "ratio_mean": summary(r_mean), "ratio_p50": summary(r_p50),
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
     info = machine_info()
     report = {"machine": f"{info.get('cpu', '?')}, {info.get('cpus', '?')} CPUs", "machine_info": info,
               "settings": {"repeats": args.repeats, "runs": args.runs, "threads": args.threads,
-                           "tuned_malloc": TUNED_MALLOC},
+                           "tuned_malloc": TUNED_MALLOC, "torch_runs": {str(b): str(r) for b, r in todo}},
               "wall_seconds": time.perf_counter() - t0, "rows": rows}
     write_report(args.out, report, markdown(report))
     return 0
