@@ -144,8 +144,9 @@ def check_output(out: str | os.PathLike, kind: Kind, *, overwrite: bool = False,
             raise OutputError(f"{option} {out} {what} the input {given}; writing it would destroy that input "
                               f"(choose another {option})")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise OutputError(f"{option} {out} exists and is not a folder; expected a new or empty folder, or a "
-                          f"{kind.value} to replace with --overwrite")
+        what = "is a symbolic link" if out.is_symlink() else "exists and is not a folder"
+        raise OutputError(f"{option} {out} {what}; expected a new or empty folder, or a {kind.value} to "
+                          f"replace with --overwrite")
     if not out.exists() or not any(out.iterdir()):
         return out
     if not recognise(out, kind):
