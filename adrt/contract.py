@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import copy
 import enum
-import math
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import PurePosixPath
 from typing import Any, Mapping
 
+from adrt._checks import (_show, check_choice, check_dict, check_float, check_int, check_relative_path,  # noqa: F401
+                          check_str)
 from adrt.errors import BundleError, InputError
 
 FORMAT = "adrt-bundle"
@@ -61,92 +61,6 @@ MAX_FILES = 1000
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CAPABILITY = re.compile(r"^[0-9]{1,2}\.[0-9]{1,2}$")
-
-
-# --- value checks (each raises ``err`` naming the field, the value and what was expected) ------
-
-def _show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def check_int(name: str, v: Any, lo: int | None = None, hi: int | None = None, err=InputError) -> int:
-    """An int (not bool; numpy integers accepted) within [lo, hi]."""
-    if isinstance(v, bool) or not hasattr(v, "__index__") or isinstance(v, float):
-        raise err(f"{name}={_show(v)}: expected an integer{_range(lo, hi)}")
-    v = int(v.__index__())
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise err(f"{name}={v}: expected an integer{_range(lo, hi)}")
-    return v
-
-
-def check_float(name: str, v: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                hi_open: bool = False, err=InputError) -> float:
-    """A finite real number (not bool) within the range; NaN and ±inf are refused."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) and not _is_numpy_real(v):
-        raise err(f"{name}={_show(v)}: expected a finite number{_range(lo, hi, lo_open, hi_open)}")
-    f = float(v)
-    bad = not math.isfinite(f)
-    if lo is not None:
-        bad = bad or (f <= lo if lo_open else f < lo)
-    if hi is not None:
-        bad = bad or (f >= hi if hi_open else f > hi)
-    if bad:
-        raise err(f"{name}={_show(v)}: expected a finite number{_range(lo, hi, lo_open, hi_open)}")
-    return f
-
-
-def check_choice(name: str, v: Any, allowed, err=InputError) -> Any:
-    if not isinstance(v, str) or v not in allowed:
-        raise err(f"{name}={_show(v)}: expected one of {', '.join(map(str, allowed))}")
-    return v
-
-
-def check_str(name: str, v: Any, err=InputError, empty: bool = False) -> str:
-    if not isinstance(v, str) or (not empty and not v):
-        raise err(f"{name}={_show(v)}: expected a {'' if empty else 'non-empty '}string")
-    return v
-
-
-def check_dict(name: str, v: Any, err=InputError) -> dict:
-    if not isinstance(v, dict):
-        raise err(f"{name}: expected a JSON object, got {type(v).__name__} {_show(v)}")
-    return v
-
-
-def _is_numpy_real(v: Any) -> bool:
-    t = type(v)
-    return t.__module__ == "numpy" and hasattr(v, "dtype") and v.dtype.kind in "iuf" and getattr(v, "ndim", 1) == 0
-
-
-def _range(lo, hi, lo_open=False, hi_open=False) -> str:
-    if lo is not None and hi is not None:
-        return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f" {'>' if lo_open else '>='} {lo}"
-    if hi is not None:
-        return f" {'<' if hi_open else '<='} {hi}"
-    return ""
-
-
-def check_relative_path(name: str, v: Any, err=BundleError) -> str:
-    """A bundle member name: a non-empty relative POSIX path with no '..', '.', empty or
-    backslash-separated parts (it must name one file inside the bundle, the same on every system)."""
-    if not isinstance(v, str) or not v:
-        raise err(f"{name}={_show(v)}: expected a relative file name inside the bundle")
-    parts = v.split("/")
-    why = None
-    if "\0" in v:
-        why = "contains a NUL character"
-    elif v.startswith("/") or re.match(r"^[A-Za-z]:", v):
-        why = "is absolute"
-    elif "\\" in v:
-        why = "contains a backslash"
-    elif any(p in ("", ".", "..") for p in parts):
-        why = "has an empty, '.' or '..' part"
-    if why:
-        raise err(f"{name}={_show(v)} {why}: expected a relative file name inside the bundle")
-    return str(PurePosixPath(v))
 
 
 # --- input spec and calibration ----------------------------------------------------------------
@@ -261,31 +175,20 @@ def _check_known(where: str, d: dict, known: Mapping[str, Any]) -> None:
             check(f"{where}.{key}", d[key])
 
 
+def _strlist(name, v):
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise InputError(f"{name}={_show(v)}: expected a list of strings")
+
+
+# The optional fields this version knows, by type ("?": null allowed too).
+_OPT = {"str": lambda n, v: check_str(n, v, empty=True), "dict": check_dict, "strlist": _strlist,
+        "dict?": lambda n, v: v is None or check_dict(n, v), "int>=0": lambda n, v: check_int(n, v, 0),
+        "int>=0?": lambda n, v: v is None or check_int(n, v, 0), "int>=1": lambda n, v: check_int(n, v, 1),
+        "number>=0": lambda n, v: check_float(n, v, 0.0)}
+
+
 def _opt(kind):
-    def check(name, v):
-        if kind == "str":
-            check_str(name, v, empty=True)
-        elif kind == "dict":
-            check_dict(name, v)
-        elif kind == "dict?":
-            if v is not None:
-                check_dict(name, v)
-        elif kind == "int>=0":
-            check_int(name, v, 0)
-        elif kind == "int>=0?":
-            if v is not None:
-                check_int(name, v, 0)
-        elif kind == "int>=1":
-            check_int(name, v, 1)
-        elif kind == "number>=0":
-            check_float(name, v, 0.0)
-        elif kind == "bool":
-            if not isinstance(v, bool):
-                raise InputError(f"{name}={_show(v)}: expected true or false")
-        elif kind == "strlist":
-            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise InputError(f"{name}={_show(v)}: expected a list of strings")
-    return check
+    return _OPT[kind]
 
 
 _MODEL_FIELDS = {
