@@ -263,7 +263,11 @@ def summarise(results: list[dict]) -> dict:
     total = {"tried": len(results), **{c: sum(f[c] for f in families.values()) for c in CATEGORIES},
              **{g: sum(f[g] for f in families.values()) for g in FLAGS}}
     total["clear errors"] = sum(1 for r in results if r["category"] == "correct" and r["outcome"] == "error")
-    return {"total": total, "families": families, "cases": results}
+    # One compact row per case: id, family, what was tried, category, flags, what the user saw.
+    cases = [{"id": r["id"], "family": r["family"], "what": r["what"], "category": r["category"], "flags": r["flags"],
+              **({"error": f"{r.get('error_type', 'error')}: {r.get('message', '')[:120]}"}
+                 if r["outcome"] == "error" else {})} for r in results]
+    return {"total": total, "families": families, "cases": cases}
 
 
 # --- setup and report -----------------------------------------------------------------------------
@@ -299,7 +303,7 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"Cases that were not `correct` with {cols[1]}:", ""]
         for r in runs[cols[1]]["cases"]:
             if r["category"] != "correct" or r["flags"]:
-                extra = f" ({r.get('error_type')}: {r.get('message', '')[:90]})" if r.get("error_type") else ""
+                extra = f" ({r['error'][:100]})" if r.get("error") else ""
                 lines.append(f"- {r['family']}: {r['what']} -> {r['category']} {' '.join(r['flags'])}{extra}")
     lines += ["", "## Soak", "", "| API | what | n | RSS start MiB | RSS end MiB | RSS max MiB | fds start | fds end |"
               " temp folders left |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
