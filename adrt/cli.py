@@ -1,8 +1,14 @@
 """The `adrt` command. Subcommands are imported only when run, so `adrt infer` and `adrt bench`
-start fast and never import torch; AdrtError becomes a one-line error and exit status 1."""
+start fast and never import torch.
+
+Errors: an AdrtError (or a click usage error) is one line and exit status 1 (2 for usage); any
+other exception is a one-line "unexpected" message that asks for a re-run with ``--debug``, which
+shows the traceback; Ctrl-C exits with 130 and one line, without a traceback.
+"""
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -23,6 +29,16 @@ _COMMANDS = {
     "build-capi": ("adrt.runtime.capi.build", "build_capi", "Build the C API (libadrt + adrt.h) and its example program."),
 }
 
+#: What to run for the commands that need the training dependencies, from a source checkout
+#: (adrt is not on a package index). CPU-only torch comes from PyTorch's CPU index.
+TRAIN_INSTALL_HINT = ('pip install -e ".[train]" in the adrt source folder (for a CPU-only torch first: '
+                      'pip install torch --index-url https://download.pytorch.org/whl/cpu)')
+
+
+def _debug(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool(root.params.get("debug")) or os.environ.get("ADRT_DEBUG", "") not in ("", "0")
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
@@ -42,17 +58,34 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except AdrtError as e:
-            raise click.ClickException(str(e)) from None
-        except ImportError as e:
-            if getattr(e, "name", "") in ("torch", "onnx"):
-                raise click.ClickException(f"this command needs {e.name}: pip install 'adrt[train]'") from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except AdrtError as e:
+            if _debug(ctx):
+                raise
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            if _debug(ctx):
+                raise
+            click.echo("adrt: interrupted (nothing half-written was left in place)", err=True)
+            raise click.exceptions.Exit(130) from None
+        except ImportError as e:
+            if _debug(ctx):
+                raise
+            if getattr(e, "name", "") in ("torch", "onnx", "onnxscript"):
+                raise click.ClickException(f"this command needs {e.name}: {TRAIN_INSTALL_HINT}") from None
+            raise click.ClickException(f"unexpected ImportError: {e} (re-run with --debug for the traceback)") from None
+        except Exception as e:
+            if _debug(ctx):
+                raise
+            raise click.ClickException(f"unexpected {type(e).__name__}: {e} (a bug in adrt, or an environment "
+                                       f"problem; re-run with --debug for the traceback)") from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="adrt")
-def main():
+@click.option("--debug", is_flag=True, help="Show the full traceback of any error (also: ADRT_DEBUG=1).")
+def main(debug):
     """adrt: visual anomaly detection from training to edge deployment."""
 
 

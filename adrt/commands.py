@@ -8,13 +8,15 @@ from pathlib import Path
 
 import click
 
-from adrt.errors import DataError
+from adrt.errors import DataError, OutputError
 from adrt.runtime.backends import backend_names
 
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace an existing output of this command's kind (never anything else).")
 backend_option = click.option("--backend", type=click.Choice(backend_names()), default="ort-cpu", show_default=True,
                               help="Execution backend; a backend that is not really active is an error.")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="Intra-op threads (default: ONNX Runtime's choice).")
+threads_option = click.option("--threads", type=int, default=None,
+                              help="Intra-op threads, 1 to 4 per CPU (default: ONNX Runtime's choice).")
 precision_option = click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
                                 show_default=True, help="Model variant of the bundle to run (TensorRT: plan of "
                                 "that precision); `adrt info` lists what the bundle has.")
@@ -26,17 +28,21 @@ precision_option = click.option("--precision", type=click.Choice(["fp32", "fp16"
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for metrics.json/txt and overlays.")
 @click.option("--overlays", type=click.IntRange(min=0), default=0, show_default=True, help="PNG overlays to write.")
 @click.option("--record", is_flag=True, help="Store the metrics in the bundle's manifest.")
+@overwrite_option
 @backend_option
 @threads_option
 @precision_option
-def eval_cmd(bundle, data, out, overlays, record, backend, threads, precision):
+def eval_cmd(bundle, data, out, overlays, record, overwrite, backend, threads, precision):
     """Image AUROC, pixel AUROC, AUPRO and F1-max of BUNDLE on DATA's test split."""
     from adrt.evaluate import evaluate_session
     from adrt.metrics import format_table
+    from adrt.outputs import Kind, check_output
     from adrt.runtime import load
 
+    if out is not None:        # refused before the work, not after it
+        check_output(out, Kind.EVAL, overwrite=overwrite, inputs=[bundle, data])
     with load(bundle, backend=backend, threads=threads, precision=precision) as s:
-        result = evaluate_session(s, data, out, overlays)
+        result = evaluate_session(s, data, out, overlays, overwrite=overwrite, inputs=[bundle, data])
     click.echo(format_table(result))
     if record:
         record_metrics(bundle, data, result, precision)
@@ -47,7 +53,7 @@ def record_metrics(bundle, data, result, precision: str = "fp32") -> None:
     from adrt.runtime.bundle import open_bundle, write_manifest
 
     b = open_bundle(bundle)
-    if b._tmp:
+    if b.is_zip:
         b.cleanup()
         raise DataError(f"{bundle}: --record needs a bundle folder, not a .zip")
     key = Path(data).resolve().name + ("" if precision == "fp32" else f"@{precision}")
@@ -57,21 +63,49 @@ def record_metrics(bundle, data, result, precision: str = "fp32") -> None:
 
 
 def _collect_images(inputs) -> list[Path]:
-    from adrt.runtime.image import IMAGE_SUFFIXES
+    """Files as given; folders scanned recursively for images (entries named like images that are
+    not regular files, e.g. a FIFO or a folder ``x.png``, are skipped with a notice)."""
+    from adrt.runtime.image import scan_images
 
     paths = []
     for p in inputs:
         p = Path(p)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
+            found = scan_images(p, recursive=True, notice=lambda m: click.echo(f"note: {m}", err=True))
             if not found:
                 raise DataError(f"{p}: no images found")
             paths += found
         elif p.is_file():
             paths.append(p)
+        elif p.exists():
+            raise DataError(f"{p}: not a regular file or a folder (expected an image file or a folder of images)")
         else:
             raise DataError(f"{p}: no such file or folder")
     return paths
+
+
+def _looks_like_results(path: Path) -> bool:
+    """An `adrt infer` results file: CSV with its header, or JSON rows with path and score."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    if path.suffix.lower() == ".json":
+        return head.lstrip().startswith("[") and ('"path"' in head or head.strip() == "[]")
+    return head.startswith("path,score,label,raw_score")
+
+
+def _results_text(rows: list[dict], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(rows, indent=2)
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 @click.command()
@@ -81,40 +115,48 @@ def _collect_images(inputs) -> list[Path]:
               help="Results file (.csv or .json); default: CSV on stdout.")
 @click.option("--overlays", type=click.Path(path_type=Path), default=None, help="Folder for PNG overlays.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images larger than this many pixels before decoding (default: $ADRT_MAX_PIXELS or 64 MP).")
+@overwrite_option
 @backend_option
 @threads_option
 @precision_option
-def infer(bundle, inputs, out, overlays, batch_size, backend, threads, precision):
+def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, backend, threads, precision):
     """Score INPUTS (images or folders) with BUNDLE."""
+    from adrt.outputs import Kind, check_output, check_output_file, ensure_parent, staged_folder, write_bytes_atomic
     from adrt.runtime import load
     from adrt.runtime.image import read_image
 
+    # Every output is checked (and its folder made) before any image is scored.
+    if out is not None:
+        if out.suffix.lower() not in (".csv", ".json"):
+            raise OutputError(f"--out {out}: expected a .csv or .json file name")
+        check_output_file(out, overwrite=overwrite, looks_ours=_looks_like_results, what="results file",
+                          inputs=[bundle, *inputs])
+        ensure_parent(out)
+    if overlays is not None:
+        check_output(overlays, Kind.OVERLAYS, overwrite=overwrite, inputs=[bundle, *inputs], option="--overlays")
     paths = _collect_images(inputs)
     with load(bundle, backend=backend, threads=threads, precision=precision) as s:
-        r = s.run_files(paths, batch_size=batch_size)
+        r = s.run_files(paths, batch_size=batch_size, max_pixels=max_pixels)
         rows = [{"path": str(p), "score": float(r.scores[i]), "label": "anomalous" if r.labels[i] else "normal",
                  "raw_score": float(r.raw_scores[i])} for i, p in enumerate(paths)]
         if overlays is not None:
             from adrt.runtime.overlay import save_panel
 
-            overlays.mkdir(parents=True, exist_ok=True)
-            for i, p in enumerate(paths):
-                # Index prefix: inputs from different folders often share file names.
-                target = overlays / f"{i:05d}_{p.parent.name}_{p.stem}.png"
-                save_panel(target, read_image(p), r.maps[i], float(r.scores[i]), s.threshold)
-                rows[i]["overlay"] = str(target)
-    if out is not None and out.suffix.lower() == ".json":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, indent=2))
+            with staged_folder(overlays, Kind.OVERLAYS, overwrite=overwrite, inputs=[bundle, *inputs],
+                               option="--overlays") as tmp:
+                for i, p in enumerate(paths):
+                    # Index prefix: inputs from different folders often share file names.
+                    name = f"{i:05d}_{p.parent.name}_{p.stem}.png"
+                    save_panel(tmp / name, read_image(p, max_pixels=max_pixels), r.maps[i], float(r.scores[i]),
+                               s.threshold)
+                    rows[i]["overlay"] = str(overlays / name)
+    text = _results_text(rows, out is not None and out.suffix.lower() == ".json")
+    if out is None:
+        sys.stdout.write(text)
     else:
-        f = open(out, "w", newline="") if out is not None else sys.stdout
-        try:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        finally:
-            if out is not None:
-                f.close()
+        write_bytes_atomic(out, text)
     if out is not None:
         n_bad = sum(r["label"] == "anomalous" for r in rows)
         click.echo(f"{len(rows)} images scored, {n_bad} anomalous; results in {out}", err=True)
@@ -221,9 +263,11 @@ def info(bundle):
 @click.option("--test-good", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--test-defect", type=click.IntRange(min=1), default=10, show_default=True, help="Per defect type.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth(out, size, n_train, test_good, test_defect, seed):
+@overwrite_option
+def synth(out, size, n_train, test_good, test_defect, seed, overwrite):
     """Write a procedural dataset to OUT (MVTec AD layout, exact masks)."""
     from adrt.synth import make_dataset
 
-    make_dataset(out, size=size, n_train=n_train, n_test_good=test_good, n_test_defect=test_defect, seed=seed)
+    make_dataset(out, size=size, n_train=n_train, n_test_good=test_good, n_test_defect=test_defect, seed=seed,
+                 overwrite=overwrite)
     click.echo(f"dataset written to {out}")

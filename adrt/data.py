@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from adrt.errors import DataError, InputError
-from adrt.runtime.image import IMAGE_SUFFIXES, is_image_file, read_image, read_image_size, read_mask, resize
+from adrt.runtime.image import IMAGE_SUFFIXES, read_image, read_image_size, read_mask, resize, scan_images
 
 __all__ = ["Sample", "Dataset", "load_images", "load_masks", "split_holdout", "list_images"]
 
@@ -41,10 +41,11 @@ class Sample:
 
 
 def list_images(folder: Path) -> List[Path]:
-    """Sorted image files directly in ``folder`` (hidden and non-image files skipped)."""
+    """Sorted image files directly in ``folder`` (hidden and non-image files skipped; entries
+    named like images that are not regular files, e.g. a FIFO, are skipped with a notice)."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.is_file() and is_image_file(p)), key=lambda p: p.name)
+    return sorted(scan_images(folder), key=lambda p: p.name)
 
 
 def _subfolders(folder: Path) -> List[Path]:

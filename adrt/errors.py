@@ -23,3 +23,12 @@ class BackendError(AdrtError):
 
 class ResultError(AdrtError):
     """The model produced non-finite values (NaN/Inf): never handed back as a map or a score."""
+
+
+class OutputError(AdrtError):
+    """An output adrt must not or cannot write: a folder that is not its own kind, an existing one
+    without --overwrite, its own input, or a write that failed (disk full, permissions)."""
+
+
+class ClosedError(AdrtError):
+    """A Session (or C handle) used after it was closed."""

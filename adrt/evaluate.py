@@ -16,12 +16,19 @@ from adrt.metrics import evaluate, format_table
 
 
 def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | None = None, overlays: int = 0,
-                     batch_size: int = 8, log=lambda m: print(m, file=sys.stderr)) -> dict:
+                     batch_size: int = 8, log=lambda m: print(m, file=sys.stderr), *, overwrite: bool = False,
+                     inputs=()) -> dict:
     """Metrics of ``session`` (an adrt.runtime.Session) on the test split of ``data``.
 
     Writes metrics.json, metrics.txt and up to ``overlays`` PNG panels (spread over defect types)
-    to ``out`` when given. Pixel metrics are skipped, with a warning, when masks are missing.
+    to the folder ``out`` when given (atomically; an existing eval folder only with
+    ``overwrite``, see adrt.outputs). Pixel metrics are skipped, with a warning, when masks are
+    missing, and for a defect type whose masks are empty at the model's size.
     """
+    from adrt.outputs import Kind, check_output, staged_folder
+
+    if out is not None:
+        check_output(out, Kind.EVAL, overwrite=overwrite, inputs=[data, *inputs])
     ds = Dataset.open(data)
     if not ds.test:
         raise DataError(f"{ds.root}: no test images (expected {ds.root}/test/<type>/*.png)")
@@ -54,13 +61,14 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     }
     result["data"] = {"root": str(ds.root), "n_test": len(ds.test), "pixel_metrics": masks is not None}
     result["inference_seconds"] = round(seconds, 3)
+    for note in result.get("notes", []):
+        log("warning: " + note)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        (out / "metrics.txt").write_text(format_table(result) + "\n")
-        if overlays:
-            _write_overlays(session, ds, out / "overlays", overlays, masks)
+        with staged_folder(out, Kind.EVAL, overwrite=overwrite, inputs=[data, *inputs]) as tmp:
+            (tmp / "metrics.json").write_text(json.dumps(result, indent=2))
+            (tmp / "metrics.txt").write_text(format_table(result) + "\n")
+            if overlays:
+                _write_overlays(session, ds, tmp / "overlays", overlays, masks)
     return result
 
 

@@ -306,7 +306,9 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, masks: Optional[np.ndarray]
              maps: Optional[np.ndarray]) -> Dict[str, float]:
     f1, thr = f1_max(labels, scores)
     out: Dict[str, float] = {"image_auroc": image_auroc(labels, scores), "f1_max": f1, "f1_threshold": thr}
-    if masks is not None and maps is not None:
+    # Masks that vanish at the model's size (defects smaller than one model pixel) give no pixel
+    # metrics for this selection; evaluate() records a note instead of failing the whole run.
+    if masks is not None and maps is not None and masks.any():
         out["pixel_auroc"] = pixel_auroc(masks, maps)
         out["aupro"] = aupro(masks, maps)
     return out
@@ -379,9 +381,16 @@ def evaluate(labels: Any, scores: Any, defect_types: Sequence[str], masks: Any =
     for t in types:
         counts[t] = counts.get(t, 0) + 1
     per_type: Dict[str, Dict[str, float]] = {}
+    notes: List[str] = []
     for t in sorted(c for c in counts if c != _GOOD):
+        if m is not None and not m[types_arr == t].any():
+            notes.append(f"defect type {t!r}: every mask is empty at {m.shape[1]}x{m.shape[2]} (defects smaller "
+                         f"than a model pixel?); pixel metrics skipped for it")
         per_type[t] = run(is_good | (types_arr == t), f"defect type {t!r}")
-    return {"overall": run(None, "overall"), "per_type": per_type, "counts": counts}
+    result: Dict[str, Any] = {"overall": run(None, "overall"), "per_type": per_type, "counts": counts}
+    if notes:
+        result["notes"] = notes
+    return result
 
 
 _COLUMNS: List[Tuple[str, Optional[str]]] = [

@@ -14,13 +14,15 @@ given ``seed`` (numpy + Pillow only).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-from adrt.errors import DataError, InputError
+from adrt.errors import InputError
+from adrt.outputs import SYNTH_MARKER, Kind, staged_folder
 
 __all__ = ["TEXTURES", "DEFECT_TYPES", "make_dataset", "make_image", "paint_defect"]
 
@@ -189,10 +191,10 @@ def make_dataset(
     """Write a synthetic MVTec AD category under ``root`` and return ``root`` as a Path.
 
     Layout: ``train/good/000.png ...``, ``test/good/*``, ``test/scratch/*``, ``test/spot/*``,
-    ``ground_truth/{scratch,spot}/NNN_mask.png`` (0/255). ``n_test_defect`` is the total number of
-    defect images, split between scratch and spot (scratch gets the odd one). ``root`` must be new
-    or empty unless ``overwrite=True``, which first removes its ``train``, ``test`` and
-    ``ground_truth`` folders.
+    ``ground_truth/{scratch,spot}/NNN_mask.png`` (0/255) and a marker file ``.adrt-synth.json``.
+    ``n_test_defect`` is the total number of defect images, split between scratch and spot (scratch
+    gets the odd one). ``root`` must be new or empty, or (with ``overwrite=True``) a synthetic
+    dataset written here before; any other folder is refused (OutputError).
     """
     size = _check_int("size", size, 16)
     n_train = _check_int("n_train", n_train, 1)
@@ -202,18 +204,19 @@ def make_dataset(
     if texture not in _TEXTURE_FUNCS:
         raise InputError(f"texture={texture!r}: expected one of {', '.join(TEXTURES)}")
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root}: is a file (expected a new or empty folder for the synthetic dataset)")
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise DataError(f"{root}: folder is not empty (expected a new or empty folder, or overwrite=True)")
-        import shutil
+    # Written beside ROOT and moved into place once complete; an existing folder is replaced only
+    # when it is a synthetic dataset made here (its marker file) and overwrite=True (adrt.outputs):
+    # a real dataset is never deleted.
+    with staged_folder(root, Kind.DATASET, overwrite=overwrite, option="dataset folder") as tmp:
+        _write(tmp, texture, size, n_train, n_test_good, n_test_defect, seed)
+        (tmp / SYNTH_MARKER).write_text(json.dumps({
+            "texture": texture, "size": size, "n_train": n_train, "n_test_good": n_test_good,
+            "n_test_defect": n_test_defect, "seed": seed}))
+    return root
 
-        for sub in ("train", "test", "ground_truth"):
-            if (root / sub).exists():
-                shutil.rmtree(root / sub)
-    root.mkdir(parents=True, exist_ok=True)
 
+def _write(root: Path, texture: str, size: int, n_train: int, n_test_good: int, n_test_defect: int,
+           seed: int) -> None:
     total = max(n_train, n_test_good, n_test_defect)
     width = max(3, len(str(total - 1)))
 
@@ -231,4 +234,3 @@ def make_dataset(
             img, mask = paint_defect(make_image(texture, size, rng), kind, rng)
             _save(img, root / "test" / kind / f"{name(i)}.png")
             _save(mask.astype(np.uint8) * np.uint8(255), root / "ground_truth" / kind / f"{name(i)}_mask.png")
-    return root

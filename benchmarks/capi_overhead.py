@@ -200,9 +200,10 @@ def make_bundle(work: Path, size: int) -> Path:
     from adrt.synth import make_dataset
     from adrt.train.fit import train
 
-    data = make_dataset(work / "data" / "weave", size=size, n_train=20, n_test_good=4, n_test_defect=6, seed=0)
-    run = train("padim", data, work / "padim", size=size, seed=0, log=lambda *a, **k: None)
-    return export_run(run, work / "padim_bundle", data)
+    data = make_dataset(work / "data" / "weave", size=size, n_train=20, n_test_good=4, n_test_defect=6, seed=0,
+                        overwrite=True)
+    run = train("padim", data, work / "padim", size=size, seed=0, log=lambda *a, **k: None, overwrite=True)
+    return export_run(run, work / "padim_bundle", data, overwrite=True)
 
 
 def to_markdown(r: dict) -> str:

@@ -64,9 +64,9 @@ def main(argv=None) -> int:
             run = args.work / f"{method}_{name}"
             t0 = time.perf_counter()
             if not (args.reuse and (run / "detector.json").exists()):
-                train(method, data, run, size=args.size, threads=args.threads)
+                train(method, data, run, size=args.size, threads=args.threads, overwrite=True)
             train_s = json.loads((run / "detector.json").read_text())["training"]["seconds"]
-            bundle = export_run(run, args.work / f"{method}_{name}_bundle", data)
+            bundle = export_run(run, args.work / f"{method}_{name}_bundle", data, overwrite=True)
             with load(bundle, threads=args.threads) as s:
                 res = evaluate_session(s, data, args.work / f"{method}_{name}_eval", overlays=8)
             record_metrics(bundle, data, res)   # accuracy travels with the bundle (adrt bench plots it)

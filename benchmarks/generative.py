@@ -110,7 +110,8 @@ def trained(method: str, name: str, data: Path, args, options: dict | None = Non
     run = args.work / f"{name}_{data.name}"
     common = dict(o.split("=", 1) for o in args.options)
     if not (args.reuse and (run / "detector.json").exists()):
-        train(method, data, run, size=args.size, threads=args.threads, options={**common, **(options or {})})
+        train(method, data, run, size=args.size, threads=args.threads, options={**common, **(options or {})},
+              overwrite=True)
     return run
 
 
@@ -119,7 +120,7 @@ def derived(run: Path, tag: str, args, **changes) -> Path:
 
     out = run.parent / f"{run.name}__{tag}"
     if not (args.reuse and (out / "detector.json").exists()):
-        with_options(run, out, log=log, **changes)
+        with_options(run, out, log=log, overwrite=True, **changes)
     return out
 
 
@@ -134,7 +135,7 @@ def exported(run: Path, data: Path, args) -> tuple[Path, float | None]:
     bundle = run.parent / f"{run.name}_bundle"
     if not (args.reuse and (bundle / "manifest.json").exists()):
         t0 = time.perf_counter()
-        export_run(run, bundle, data)
+        export_run(run, bundle, data, overwrite=True)
         _EXPORT_SECONDS[str(bundle)] = round(time.perf_counter() - t0, 1)
     return bundle, _EXPORT_SECONDS.get(str(bundle))
 

@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         run = work / "run"
         torch.set_num_threads(args.train_threads)
         if not (args.reuse and (run / "detector.json").exists()):
-            train("inpaint", data, run, size=args.size, threads=args.train_threads, log=log)
+            train("inpaint", data, run, size=args.size, threads=args.train_threads, log=log, overwrite=True)
         meta = json.loads((run / "detector.json").read_text())
         cache = work / "error_maps.npz"
         if args.reuse and cache.exists():
@@ -220,8 +220,8 @@ def main(argv=None) -> int:
                 m = len(cells) * n
                 if m in latency:
                     continue
-                derived = with_mask_set(run, work / f"run_m{m}", cells=cells, n_masks=n)
-                bundle = export_run(derived, work / f"bundle_m{m}", data)
+                derived = with_mask_set(run, work / f"run_m{m}", cells=cells, n_masks=n, overwrite=True)
+                bundle = export_run(derived, work / f"bundle_m{m}", data, overwrite=True)
                 rep = bench(bundle, threads=args.threads, runs=args.runs, torch_run=derived)
                 ort_ms, torch_ms = rep["results"][0]["latency_ms"], rep["results"][1]["latency_ms"]
                 latency[m] = {"cells": list(cells), "n_masks": n, "measured_on": name, "ort_cpu_ms": ort_ms,
@@ -251,8 +251,8 @@ def main(argv=None) -> int:
         if cached.get("set") == key:
             e2e = cached["overall"]
         else:
-            derived = with_mask_set(run, work / "run_default", **key, sigma=default.sigma)
-            bundle = export_run(derived, work / "bundle_default", data)
+            derived = with_mask_set(run, work / "run_default", **key, sigma=default.sigma, overwrite=True)
+            bundle = export_run(derived, work / "bundle_default", data, overwrite=True)
             with load(bundle, threads=args.train_threads) as s:
                 e2e = evaluate_session(s, data, work / "eval_default", overlays=6, log=log)["overall"]
             e2e_cache.write_text(json.dumps({"set": key, "overall": e2e}, indent=2))

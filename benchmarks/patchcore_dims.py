@@ -73,11 +73,11 @@ def main(argv=None) -> int:
                 PatchCoreScorer.set_projection = lambda self, patches: setattr(self, "proj", pooling_matrix(tap_channels, k))
             try:
                 run = train("patchcore", data, args.work / f"{label}_{name}", options={"embed_dim": k},
-                            threads=args.threads, log=lambda *a, **kw: None)
+                            threads=args.threads, log=lambda *a, **kw: None, overwrite=True)
             finally:
                 PatchCoreScorer.set_projection = pca
             meta = json.loads((run / "detector.json").read_text())
-            bundle = export_run(run, args.work / f"{label}_{name}_bundle", data)
+            bundle = export_run(run, args.work / f"{label}_{name}_bundle", data, overwrite=True)
             with load(bundle, threads=args.threads) as s:
                 t0 = time.perf_counter()
                 res = evaluate_session(s, data, log=lambda m: None)

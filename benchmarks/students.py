@@ -125,16 +125,16 @@ def main(argv=None) -> int:
                     if not (base / "detector.json").exists():
                         print(f"skip {config} {name}: needs the {derived[0]} run {base}", file=sys.stderr)
                         continue
-                    single_scale(base, derived[1], run, data)
+                    single_scale(base, derived[1], run, data, overwrite=True)
                 else:
                     torch.set_num_threads(args.train_threads)
                     train(method, data, run, size=args.size, seed=args.seed, options=options,
-                          threads=args.train_threads)
+                          threads=args.train_threads, overwrite=True)
             meta = json.loads((run / "detector.json").read_text())
             base_meta = meta
             if derived is not None:
                 base_meta = json.loads((Path(meta["training"]["derived_from"]["run"]) / "detector.json").read_text())
-            bundle = export_run(run, args.work / f"{label}_{name}_bundle", data)
+            bundle = export_run(run, args.work / f"{label}_{name}_bundle", data, overwrite=True)
             with load(bundle, threads=args.threads) as s:
                 res = evaluate_session(s, data, args.work / f"{label}_{name}_eval", overlays=8)
             fl = count(bundle / "model.onnx")

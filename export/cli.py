@@ -6,17 +6,23 @@ from pathlib import Path
 import click
 
 
-def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tensorrt") -> Path:
+def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tensorrt", *,
+               overwrite: bool = False) -> Path:
     """Export a run folder to a bundle; parity is checked on real training images when ``data`` is given.
 
     ``precisions``: reduced-precision models to add besides fp32 ("fp16", "int8"; int8 needs
-    ``calib``, a folder of normal images), see adrt.export.quantize.
+    ``calib``, a folder of normal images), see adrt.export.quantize. The bundle is assembled beside
+    ``out`` and moved into place once complete; an existing bundle is replaced only with
+    ``overwrite``, anything else (the run itself, the data, a foreign folder) never.
     """
     from adrt.data import Dataset, load_images
-    from adrt.export.onnx import export_bundle
+    from adrt.export.onnx import write_bundle
     from adrt.export.quantize import Precision, add_variant, load_calibration, parse_precision
+    from adrt.outputs import Kind, check_output, staged_folder
     from adrt.train.fit import load_run
 
+    inputs = [p for p in (run, data, calib) if p is not None]
+    check_output(out, Kind.BUNDLE, overwrite=overwrite, inputs=inputs)
     wanted = [p for p in dict.fromkeys(parse_precision(p) for p in precisions) if p is not Precision.FP32]
     if Precision.INT8 in wanted and calib is None:
         raise click.BadParameter("int8 needs calibration images: --calib DIR (normal images)", param_hint="--calib")
@@ -30,25 +36,11 @@ def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tens
         ds = Dataset.open(data)
         paths = [s.path for s in ds.test if s.label == 1][:1] + ds.train[:2]
         samples = load_images(paths, det.spec.height, det.spec.width)
-    if not wanted:
-        return export_bundle(det, meta, out, sample_images=samples)
-    # With variants, the bundle is assembled beside OUT and moved into place once all are made.
-    import os
-    import shutil
-    import tempfile
-
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        bundle = export_bundle(det, meta, staging / out.name, sample_images=samples)
+    with staged_folder(out, Kind.BUNDLE, overwrite=overwrite, inputs=inputs) as tmp:
+        write_bundle(det, meta, tmp, sample_images=samples)
         for p in wanted:
-            add_variant(bundle, p, calib_data=calib_data, int8_target=int8_target)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(bundle, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            add_variant(tmp, p, calib_data=calib_data, int8_target=int8_target)
     return out
 
 
@@ -62,7 +54,8 @@ def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tens
               help="Normal images for INT8 calibration (MVTec category or image folder; at least 16).")
 @click.option("--int8-target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="tensorrt: symmetric int8 activations (TensorRT, ARM); cpu: uint8 activations (fastest on x86 ORT).")
-def export(run, out, data, precisions, calib, int8_target):
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at OUT (never any other folder).")
+def export(run, out, data, precisions, calib, int8_target, overwrite):
     """Export the detector of run folder RUN to a bundle at OUT."""
-    b = export_run(run, out, data, precisions, calib, int8_target)
+    b = export_run(run, out, data, precisions, calib, int8_target, overwrite=overwrite)
     click.echo(f"bundle: {b}")

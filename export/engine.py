@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from adrt._version import __version__
 from adrt.errors import BackendError, BundleError, InputError
+from adrt.outputs import write_bytes_atomic
 from adrt.runtime.bundle import open_bundle, write_manifest
 from adrt.runtime.tensorrt import (INPUT, TensorRTBackend, import_tensorrt, make_logger, open_cuda, plan_tag,
                                    trt_major)
@@ -177,14 +177,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str, profile: BatchPro
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data)
 
 
 def engine_parity(backend, onnx_path: Path, images: np.ndarray) -> dict:
@@ -214,7 +207,7 @@ def build_into_bundle(bundle: str | os.PathLike, precision: str = "fp16", profil
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
     b = open_bundle(bundle)
-    if b._tmp:
+    if b.is_zip:
         b.cleanup()
         raise BundleError(f"{bundle}: build-engine stores the plan in the bundle and needs a bundle folder, not a .zip")
     variant = MODEL_FOR[precision]
@@ -260,11 +253,8 @@ def build_into_bundle(bundle: str | os.PathLike, precision: str = "fp16", profil
                     f"(tolerance {PARITY_RTOL[precision]:.1%})")
         (b.root / "engines").mkdir(exist_ok=True)
         final = b.root / rel
-        fd, tmp = tempfile.mkstemp(prefix=f".{tag}.", suffix=".tmp", dir=b.root / "engines")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(plan)
-            os.replace(tmp, final)
+            write_bytes_atomic(final, plan)
             record = {"file": rel, "precision": precision, "gpu": gpu, "compute_capability": f"{cc[0]}.{cc[1]}",
                       "onnx": entry["file"], "cuda_binding": getattr(cuda, "binding", "?"), "adrt_version": __version__,
                       "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **facts}
@@ -276,7 +266,6 @@ def build_into_bundle(bundle: str | os.PathLike, precision: str = "fp16", profil
             manifest["files"][rel] = {}
             write_manifest(b.root, manifest)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
             final.unlink(missing_ok=True)
             raise
     finally:

@@ -2,7 +2,9 @@
 
 ``export_onnx(detector, path)`` traces the eval forward (uint8 NHWC in, maps and scores out, dynamic
 batch). ``export_bundle(run, out)`` writes the whole bundle into a temporary folder, checks
-parity with ONNX Runtime and only then moves it into place.
+parity with ONNX Runtime and only then moves it into place (adrt.outputs: an existing bundle is
+replaced only with ``overwrite``, anything else never). The manifest is built and validated by
+adrt.contract.
 """
 from __future__ import annotations
 
@@ -11,8 +13,6 @@ import io
 import logging
 import os
 import platform
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from adrt._version import __version__
+from adrt.contract import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, Precision
 from adrt.errors import AdrtError
-from adrt.runtime.bundle import FORMAT, FORMAT_VERSION, write_manifest
+from adrt.outputs import Kind, staged_folder
+from adrt.runtime.bundle import write_manifest
 from adrt.train.detector import Detector
 
 OPSET = 18
@@ -36,7 +38,7 @@ def export_onnx(detector: Detector, path: str | os.PathLike, batch: int = 2, ops
     detector = detector.eval()
     spec = detector.spec
     example = torch.zeros(batch, spec.height, spec.width, spec.channels, dtype=torch.uint8)
-    names = list(Detector.output_names)
+    names = list(OUTPUT_NAMES)
     # One eager pass first: shape-dependent constants (the blur's upsampling matrices) become
     # buffers, which the exporter writes as initializers instead of tracing their construction.
     # A detector whose eager guard refuses the zero image (non-finite output) is still exported:
@@ -48,13 +50,29 @@ def export_onnx(detector: Detector, path: str | os.PathLike, batch: int = 2, ops
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            detector, (example,), input_names=["image"], output_names=names,
-            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=4096)}},
-            opset_version=opset, dynamo=True, external_data=False, verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                detector, (example,), input_names=[INPUT_NAME], output_names=names,
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
+                opset_version=opset, dynamo=True, external_data=False, verbose=False,
+            )
+        except Exception as e:
+            # torch's exporter wraps what happens inside it; a Ctrl-C stays a Ctrl-C.
+            if _interrupted(e):
+                raise KeyboardInterrupt from None
+            raise
         program.save(str(path), external_data=False)
     return Path(path)
+
+
+def _interrupted(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def parity(detector: Detector, onnx_path: Path, images: np.ndarray) -> dict:
@@ -62,7 +80,7 @@ def parity(detector: Detector, onnx_path: Path, images: np.ndarray) -> dict:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"image": images})
+    got = sess.run(None, {INPUT_NAME: images})
     with torch.inference_mode():
         ref = [t.numpy() for t in detector(torch.from_numpy(images))]
     out = {}
@@ -86,54 +104,54 @@ def check_parity(report: dict) -> None:
 
 
 def export_bundle(detector: Detector, meta: dict, out: str | os.PathLike, *, sample_images: np.ndarray | None = None,
-                  metrics: dict | None = None) -> Path:
-    """Write a verified bundle folder ``out`` (replaced if it exists) and return it.
+                  metrics: dict | None = None, overwrite: bool = False, inputs=()) -> Path:
+    """Write a verified bundle folder ``out`` and return it. An existing bundle there is replaced
+    only with ``overwrite``; a folder that is not a bundle, or one of ``inputs``, never.
 
     ``sample_images`` (uint8 N×H×W×C, N≥2) are used for the parity check; random images otherwise.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged_folder(out, Kind.BUNDLE, overwrite=overwrite, inputs=inputs) as tmp:
+        write_bundle(detector, meta, tmp, sample_images=sample_images, metrics=metrics)
+    return out
+
+
+def write_bundle(detector: Detector, meta: dict, folder: Path, *, sample_images: np.ndarray | None = None,
+                 metrics: dict | None = None) -> Path:
+    """Export ``detector`` into the existing empty ``folder``: model.onnx, parity check, manifest."""
     spec = detector.spec
     if sample_images is None:
         rng = np.random.default_rng(0)
         sample_images = rng.integers(0, 256, (2, spec.height, spec.width, spec.channels), dtype=np.uint8)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        onnx_path = export_onnx(detector, tmp / "model.onnx")
-        report = parity(detector, onnx_path, np.ascontiguousarray(sample_images))
-        check_parity(report)
-        import onnx
+    onnx_path = export_onnx(detector, folder / "model.onnx")
+    report = parity(detector, onnx_path, np.ascontiguousarray(sample_images))
+    check_parity(report)
+    import onnx
 
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "adrt_version": __version__,
-            "method": meta["method"],
-            "config": meta["config"],
-            "input": {**spec.to_dict(), "dtype": "uint8", "layout": "NHWC", "batch": "dynamic"},
-            "outputs": {
-                "anomaly_map": "float32 N×H×W, calibrated: 0.5 is the threshold",
-                "score": "float32 N, calibrated: 0.5 is the threshold",
-                "raw_map": "float32 N×H×W, uncalibrated",
-                "raw_score": "float32 N, uncalibrated",
-            },
-            "threshold": 0.5,
-            "calibration": meta["calibration"],
-            "training": meta["training"],
-            "metrics": metrics or {},
-            "export": {
-                "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
-                "python": platform.python_version(), "parity": report,
-                "parity_tolerance": {"normalised_atol": ATOL_NORMALISED, "raw_rtol": RTOL_RAW},
-            },
-            "models": {"fp32": {"file": "model.onnx", "precision": "fp32"}},
-            "files": {"model.onnx": {}},
-        }
-        write_manifest(tmp, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "adrt_version": __version__,
+        "method": meta["method"],
+        "config": meta["config"],
+        "input": spec.to_manifest(),
+        "outputs": {
+            "anomaly_map": "float32 N×H×W, calibrated: 0.5 is the threshold",
+            "score": "float32 N, calibrated: 0.5 is the threshold",
+            "raw_map": "float32 N×H×W, uncalibrated",
+            "raw_score": "float32 N, uncalibrated",
+        },
+        "threshold": 0.5,
+        "calibration": meta["calibration"],
+        "training": meta["training"],
+        "metrics": metrics or {},
+        "export": {
+            "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
+            "python": platform.python_version(), "parity": report,
+            "parity_tolerance": {"normalised_atol": ATOL_NORMALISED, "raw_rtol": RTOL_RAW},
+        },
+        "models": {Precision.FP32.value: {"file": "model.onnx", "precision": Precision.FP32.value}},
+        "files": {"model.onnx": {}},
+    }
+    write_manifest(folder, manifest)
+    return folder

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import enum
 import os
+import secrets
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -68,6 +69,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from adrt.contract import Precision
 from adrt.errors import BundleError, DataError, InputError
 from adrt.runtime.bundle import open_bundle, write_manifest
 
@@ -85,12 +87,6 @@ _REGION_OPS = _SEED_OPS | {"Clip", "Relu", "LeakyRelu", "Elu", "Add", "Mul", "Av
 _DATA_INPUTS = {"Resize": 1}
 # Ops whose output depends on their input's shape only, not on its values.
 _SHAPE_OPS = {"Shape", "Size"}
-
-
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
 
 
 VARIANT_FILES = {Precision.FP32: "model.onnx", Precision.FP16: "model.fp16.onnx", Precision.INT8: "model.int8.onnx"}
@@ -772,7 +768,7 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
     if precision is Precision.FP32:
         raise InputError("fp32 is the bundle's own model.onnx; variants are fp16 and int8")
     b = open_bundle(bundle)
-    if b._tmp:
+    if b.is_zip:
         b.cleanup()
         raise BundleError(f"{bundle}: adding a model needs a bundle folder, not a .zip")
     root = b.root
@@ -794,9 +790,8 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
     model = onnx.load(str(fp32))
     region = feature_region(model)
     name = VARIANT_FILES[precision]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=root)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Not mkstemp: its 0600 would stay on the model (others must be able to read a copied bundle).
+    tmp = root / f".{name}.adrt-tmp-{secrets.token_hex(4)}"
     try:
         held = holdout_images(b.manifest, (calib_info or {}).get("root"), h, w)
         check = held if held is not None else images if images is not None else _random_images(h, w)

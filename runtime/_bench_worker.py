@@ -122,7 +122,7 @@ class Target:
         try:
             import torch
         except ImportError:
-            raise Unusable("torch is not installed here (pip install 'adrt[train]'); torch eager needs it") from None
+            raise Unusable("torch is not installed here (pip install -e '.[train]' in the adrt source folder); torch eager needs it") from None
 
         from adrt.runtime.image import resize, to_rgb
         from adrt.train.fit import load_run

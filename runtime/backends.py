@@ -6,19 +6,14 @@ silently, so the providers of the created session are checked, not the installed
 """
 from __future__ import annotations
 
-import enum
 import os
 
 import numpy as np
 
+from adrt.contract import Backend as BackendName
+from adrt.contract import InputSpec, check_graph_io
 from adrt.errors import BackendError
-
-
-class BackendName(str, enum.Enum):
-    ORT_CPU = "ort-cpu"
-    ORT_CUDA = "ort-cuda"
-    ORT_TRT = "ort-trt"
-    TENSORRT = "tensorrt"  # native TensorRT plan from the bundle (adrt.runtime.tensorrt)
+from adrt.runtime.limits import check_threads
 
 
 _PROVIDERS = {
@@ -34,17 +29,19 @@ def open_backend(bundle, backend: BackendName, precision: str = "fp32", threads:
         from adrt.runtime.tensorrt import open_tensorrt  # tensorrt and pycuda are imported only here
 
         return open_tensorrt(bundle, precision)
-    return OrtBackend(bundle.model_path(precision), backend, threads)
+    return OrtBackend(bundle.model_path(precision), backend, threads, spec=bundle.contract.input)
 
 
 def backend_names() -> list[str]:
     return [b.value for b in BackendName]
 
 
-def parse_backend(name: str) -> BackendName:
+def parse_backend(name: str | BackendName) -> BackendName:
+    if isinstance(name, BackendName):
+        return name
     try:
         return BackendName(name)
-    except ValueError:
+    except (ValueError, TypeError):
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(backend_names())}") from None
 
 
@@ -52,12 +49,16 @@ class OrtBackend:
     """ONNX Runtime with the providers of ``backend``; the first one must really be active."""
 
     def __init__(self, onnx_path: str | os.PathLike, backend: BackendName = BackendName.ORT_CPU,
-                 threads: int | None = None):
+                 threads: int | None = None, spec: InputSpec | None = None):
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is a base dependency
             raise BackendError(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
-        self.backend = backend
+        self.backend = backend = parse_backend(backend)
+        threads = check_threads(threads)
+        if backend not in _PROVIDERS:
+            raise BackendError(f"backend {backend.value} is not an ONNX Runtime backend; those are "
+                               f"{', '.join(b.value for b in _PROVIDERS)}")
         wanted = _PROVIDERS[backend]
         installed = ort.get_available_providers()
         if wanted[0] not in installed:
@@ -78,6 +79,9 @@ class OrtBackend:
             raise BackendError(f"backend {backend.value}: {wanted[0]} is installed but not active "
                                f"(active: {', '.join(active)}); no GPU or CUDA libraries? "
                                f"refusing to fall back silently")
+        if spec is not None:
+            # A graph whose I/O differ from the manifest fails here, not at the first run.
+            check_graph_io(_io(self.session.get_inputs()), _io(self.session.get_outputs()), spec, str(onnx_path))
         self.threads = threads or opts.intra_op_num_threads
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -86,3 +90,12 @@ class OrtBackend:
 
     def close(self) -> None:
         self.session = None
+
+
+# ONNX Runtime's type strings -> numpy's names (the contract's).
+_ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16",
+              "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8"}
+
+
+def _io(args) -> list[tuple[str, str, list | None]]:
+    return [(a.name, _ORT_TYPES.get(a.type, a.type), a.shape) for a in args]

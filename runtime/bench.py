@@ -817,10 +817,13 @@ def write_report(report: dict, out) -> list[Path]:
     """Write ``out`` with suffixes .json, .md and .html (any suffix of ``out`` is replaced)."""
     from adrt.runtime.report_html import to_html
 
+    from adrt.outputs import write_bytes_atomic
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".json"), out.with_suffix(".md"), out.with_suffix(".html")]
-    paths[0].write_text(json.dumps(report, indent=1))
-    paths[1].write_text(to_markdown(report) + "\n")
-    paths[2].write_text(to_html(report))
+    # Each file whole or not at all (a full disk leaves the previous report, not half of one).
+    write_bytes_atomic(paths[0], json.dumps(report, indent=1))
+    write_bytes_atomic(paths[1], to_markdown(report) + "\n")
+    write_bytes_atomic(paths[2], to_html(report))
     return paths

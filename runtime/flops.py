@@ -60,7 +60,7 @@ def count(model_or_path, batch: int = 1) -> dict:
         from onnx import shape_inference
     except ImportError:
         return {"flops": None, "matmul_flops": None, "params": None,
-                "reason": "the onnx package is not installed (pip install onnx, or pip install 'adrt[train]')"}
+                "reason": "the onnx package is not installed (pip install onnx, or pip install -e '.[train]' in the adrt source folder)"}
     if isinstance(model_or_path, (str, os.PathLike)):
         model = onnx.load(os.fspath(model_or_path), load_external_data=False)
     else:

@@ -30,17 +30,27 @@ Decoding rules of :func:`read_image` (the result is always ``uint8`` of shape H 
 
 Truncated or corrupt files are always an error: the image is fully decoded with ``img.load()`` and
 this module never sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``.
+
+Bounds: only regular files are opened (a FIFO or a device named ``*.png`` would block or never
+end), and an image whose header announces more than ``max_pixels`` pixels (default
+:data:`adrt.runtime.limits.DEFAULT_MAX_PIXELS`, or ``$ADRT_MAX_PIXELS``) is refused before it is
+decoded. :func:`scan_images` lists a folder's images, skipping (with a notice) entries that are
+not regular files.
 """
 from __future__ import annotations
 
 import functools
 import os
+import stat
+import sys
+import warnings
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
 from adrt.errors import AdrtError, DataError, InputError
+from adrt.runtime.limits import max_pixels as _max_pixels
 
 __all__ = [
     "RESIZE_RULE",
@@ -50,6 +60,7 @@ __all__ = [
     "read_image_size",
     "read_mask",
     "resize",
+    "scan_images",
     "to_rgb",
 ]
 
@@ -94,16 +105,40 @@ def is_image_file(path: PathLike) -> bool:
     return not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _open(path: PathLike) -> "Image.Image":
-    """Open (header only) with errors turned into DataError naming the file."""
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_regular(p: Path) -> None:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise DataError(f"{p}: no such file (expected an image file)") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{p}: is {_kind(st.st_mode)} (expected an image file)")
+
+
+def _open(path: PathLike, max_pixels: Optional[int] = None) -> "Image.Image":
+    """Open (header only) with errors turned into DataError naming the file; refuse non-regular
+    files and images of more than ``max_pixels`` pixels before anything is decoded."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"image path {path!r}: expected a str or os.PathLike")
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file (expected an image file)")
-    if p.is_dir():
-        raise DataError(f"{p}: is a folder (expected an image file)")
+    _check_regular(p)
+    limit = _max_pixels(max_pixels)
     image = _pil()
     try:
-        return image.open(p)
+        with warnings.catch_warnings():
+            # adrt's own limit (below) decides; Pillow's warning would only repeat it.
+            warnings.simplefilter("ignore", image.DecompressionBombWarning)
+            img = image.open(p)
     except image.UnidentifiedImageError as e:
         raise DataError(
             f"{p}: not a readable image (expected a file Pillow can decode, e.g. PNG or JPEG)"
@@ -112,6 +147,13 @@ def _open(path: PathLike) -> "Image.Image":
         raise
     except Exception as e:  # OSError, DecompressionBombError, plugin errors on corrupt headers
         raise DataError(f"{p}: cannot open image ({e})") from e
+    w, h = img.size
+    if w * h > limit:
+        img.close()
+        raise DataError(f"{p}: {w}×{h} = {w * h / 1e6:.1f} MP, more than the limit of {limit / 1e6:g} MP "
+                        f"(decoding it would take ~{w * h * 12 / 2**30:.1f} GiB); pass max_pixels= or set "
+                        f"$ADRT_MAX_PIXELS to allow larger images")
+    return img
 
 
 def _load(img: "Image.Image", path: PathLike) -> None:
@@ -180,13 +222,14 @@ def _image_to_rgb(img: "Image.Image", path: PathLike) -> np.ndarray:
     )
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def read_image(path: PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
     """Decode an image file into a ``uint8`` H x W x 3 RGB array (rules: module docstring).
 
-    Raises :class:`~adrt.errors.DataError` naming the file when it is missing, not an image,
-    truncated or corrupt, or in a mode without a faithful 8-bit RGB conversion.
+    Raises :class:`~adrt.errors.DataError` naming the file when it is missing, not a regular
+    file, not an image, larger than ``max_pixels``, truncated or corrupt, or in a mode without a
+    faithful 8-bit RGB conversion.
     """
-    img = _open(path)
+    img = _open(path, max_pixels)
     with img:
         _load(img, path)
         out = _image_to_rgb(img, path)
@@ -195,9 +238,9 @@ def read_image(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def read_image_size(path: PathLike) -> Tuple[int, int]:
+def read_image_size(path: PathLike, max_pixels: Optional[int] = None) -> Tuple[int, int]:
     """``(height, width)`` of an image file from its header, without decoding the pixels."""
-    img = _open(path)
+    img = _open(path, max_pixels)
     with img:
         w, h = img.size
     return int(h), int(w)
@@ -277,6 +320,7 @@ def read_mask(
     height: Optional[int] = None,
     width: Optional[int] = None,
     expect_size: Optional[Tuple[int, int]] = None,
+    max_pixels: Optional[int] = None,
 ) -> np.ndarray:
     """Read a ground-truth mask as a ``bool`` H x W array (nonzero pixels -> True).
 
@@ -288,7 +332,7 @@ def read_mask(
         raise InputError(f"read_mask height={height!r}, width={width!r}: expected both or neither")
     if height is not None:
         height, width = _check_size(height, width, "read_mask")
-    img = _open(path)
+    img = _open(path, max_pixels)
     with img:
         _load(img, path)
         mask = _mask_to_bool(img, path)
@@ -304,3 +348,46 @@ def read_mask(
         pil = _pil().fromarray(mask.astype(np.uint8) * np.uint8(255))
         mask = np.asarray(pil.resize((width, height), _resampling("NEAREST"))) != 0
     return np.ascontiguousarray(mask, dtype=bool)
+
+
+def _notice(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def scan_images(folder: PathLike, recursive: bool = False,
+                notice: Optional[Callable[[str], None]] = _notice) -> List[Path]:
+    """Image files in ``folder`` (its subfolders too with ``recursive``), sorted by path.
+
+    Hidden entries and names without an image suffix are ignored. Entries with an image suffix
+    that are not regular files (a folder named ``x.png``, a FIFO, a device, a socket, a broken
+    link) are skipped and reported through ``notice`` (stderr by default): opening a FIFO would
+    block for ever.
+    """
+    root = Path(folder)
+    found: List[Path] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(d.iterdir(), key=lambda p: p.name)
+        except OSError as e:
+            raise DataError(f"{d}: cannot list folder ({e.strerror or e})") from None
+        for p in entries:
+            if p.name.startswith("."):
+                continue
+            try:
+                mode = p.stat().st_mode
+            except OSError:
+                if is_image_file(p) and notice is not None:
+                    notice(f"skipped {p}: a broken link or unreadable entry")
+                continue
+            if recursive and stat.S_ISDIR(mode) and not p.is_symlink():
+                stack.append(p)
+                continue
+            if not is_image_file(p):
+                continue
+            if stat.S_ISREG(mode):
+                found.append(p)
+            elif notice is not None:
+                notice(f"skipped {p}: {_kind(mode)}, not an image file")
+    return sorted(found)

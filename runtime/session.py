@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from adrt.errors import InputError, ResultError
+from adrt.contract import OUTPUT_DIMS, OUTPUT_NAMES
+from adrt.contract import check_int
+from adrt.errors import BundleError, ClosedError, InputError, ResultError
 from adrt.runtime.backends import BackendName, open_backend, parse_backend
 from adrt.runtime.bundle import Bundle, open_bundle
 from adrt.runtime.image import read_image, resize, to_rgb
+from adrt.runtime.limits import check_threads
 
 
 @dataclass
@@ -44,11 +46,15 @@ class Session:
 
     def __init__(self, bundle: Bundle, backend: str | BackendName = BackendName.ORT_CPU, threads: int | None = None,
                  precision: str = "fp32"):
+        self.backend = None
         self.bundle = bundle
-        spec = bundle.input
-        self.height, self.width, self.channels = int(spec["height"]), int(spec["width"]), int(spec["channels"])
-        self.threshold = float(bundle.manifest.get("threshold", 0.5))
-        b = parse_backend(backend) if isinstance(backend, str) else backend
+        spec = bundle.contract.input
+        self.height, self.width, self.channels = spec.height, spec.width, spec.channels
+        self.threshold = bundle.contract.threshold
+        b = parse_backend(backend)
+        threads = check_threads(threads)
+        if not isinstance(precision, str):
+            raise InputError(f"precision={precision!r}: expected a string such as 'fp32', 'fp16' or 'int8'")
         # precision picks the model variant (model.onnx, model.fp16.onnx, model.int8.onnx) or, for
         # the tensorrt backend, the plan of that precision built for this GPU.
         self.precision = precision
@@ -74,7 +80,10 @@ class Session:
 
     def run(self, images: np.ndarray) -> Result:
         """Run a batch of uint8 N×H×W×C images at exactly the bundle's input size."""
-        out = self.backend.run({"image": self.check_batch(images)})
+        if self.backend is None:
+            raise ClosedError(f"{self.bundle.root}: this Session was closed; load the bundle again to run it")
+        batch = self.check_batch(images)
+        out = self._check_outputs(self.backend.run({"image": batch}), len(batch))
         # A diverging step (e.g. an iterative projection with too large a step size) yields NaN/Inf:
         # refuse it rather than hand back a map that looks like a result.
         bad = ~(np.isfinite(out["raw_score"]) & np.isfinite(out["raw_map"]).reshape(len(out["raw_map"]), -1).all(1))
@@ -83,15 +92,35 @@ class Session:
                               f"of this batch; no result is returned (for an iterative method, lower its step size)")
         return Result(out["anomaly_map"], out["score"], out["raw_map"], out["raw_score"], self.threshold)
 
+    def _check_outputs(self, out: dict, n: int) -> dict:
+        """The graph's outputs are the contract's: a foreign model is refused, not returned."""
+        sizes = {"height": self.height, "width": self.width}
+        for name in OUTPUT_NAMES:
+            a = out.get(name)
+            want = (n, *(sizes[d] for d in OUTPUT_DIMS[name]))
+            if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != want:
+                got = "missing" if a is None else f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}"
+                raise BundleError(f"{self.bundle.root}: the model's output {name!r} is {got}; expected float32 "
+                                   f"{'×'.join(map(str, want))}")
+        return out
+
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Any uint8 gray/RGB/RGBA image → uint8 H×W×3 at the bundle's size (bundle's resize rule)."""
         return resize(to_rgb(image), self.height, self.width)
 
-    def run_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 8) -> Result:
-        """Decode, convert and resize image files, then run them in batches."""
+    def run_files(self, paths: Sequence[str | os.PathLike] | str | os.PathLike, batch_size: int = 8,
+                  max_pixels: int | None = None) -> Result:
+        """Decode, convert and resize image files (one path or a sequence), then run them in
+        batches. ``max_pixels``: the decode limit per image (default: adrt.runtime.limits)."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        elif not isinstance(paths, Sequence):
+            raise InputError(f"run_files: paths of type {type(paths).__name__}; expected a path or a list of paths")
+        batch_size = check_int("batch_size", batch_size, 1)
         parts = []
         for i in range(0, len(paths), batch_size):
-            batch = np.stack([resize(read_image(p), self.height, self.width) for p in paths[i : i + batch_size]])
+            batch = np.stack([resize(read_image(p, max_pixels=max_pixels), self.height, self.width)
+                              for p in paths[i : i + batch_size]])
             parts.append(self.run(batch))
         if not parts:
             raise InputError("run_files: no images given")
@@ -99,7 +128,10 @@ class Session:
                       threshold=self.threshold)
 
     def close(self) -> None:
-        self.backend.close()
+        """Free the model (and a zip bundle's extracted folder). Idempotent."""
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
         self.bundle.cleanup()
 
     def __enter__(self) -> "Session":
@@ -113,7 +145,9 @@ def load(path: str | os.PathLike, backend: str = "ort-cpu", threads: int | None 
          precision: str = "fp32") -> Session:
     """Open and verify the bundle at ``path`` (folder or .zip) and return a Session on ``backend``
     running the bundle's ``precision`` model (fp32, fp16, int8: see ``adrt info``)."""
-    bundle = open_bundle(Path(path))
+    parse_backend(backend)            # a wrong backend or thread count fails before any file is read
+    check_threads(threads)
+    bundle = open_bundle(path)
     try:
         return Session(bundle, backend, threads, precision)
     except BaseException:

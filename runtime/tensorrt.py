@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from adrt.contract import INPUT_NAME as INPUT
+from adrt.contract import OUTPUT_NAMES as OUTPUTS
 from adrt.errors import BackendError, BundleError
 
-PIP_EXTRA = "pip install 'adrt[tensorrt]'"
-INPUT = "image"
-OUTPUTS = ("anomaly_map", "score", "raw_map", "raw_score")
+PIP_EXTRA = 'pip install -e ".[tensorrt]" (in the adrt source folder)'
 
 
 # --- imports and logging ----------------------------------------------------------------------
@@ -413,7 +413,14 @@ def open_tensorrt(bundle, precision: str, device: int = 0, cuda=None, trt=None) 
         entry = select_plan(bundle.manifest, precision, gpu, cc, str(trt.__version__))
         path = Path(bundle.root) / entry["file"]
         plan = path.read_bytes()
-        return TensorRTBackend(plan, device, cuda=cuda, trt=trt)
+        backend = TensorRTBackend(plan, device, cuda=cuda, trt=trt)
+        spec = bundle.contract.input
+        want = (spec.height, spec.width, spec.channels)
+        if backend.sample_shape != want:
+            backend.close()
+            raise BundleError(f"{entry['file']}: the plan takes N×{'×'.join(map(str, backend.sample_shape))} "
+                              f"images; the manifest says N×{'×'.join(map(str, want))}")
+        return backend
     except BaseException:
         cuda.close()
         raise

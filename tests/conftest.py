@@ -14,6 +14,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
 SIZE = 64
+
+
+def pytest_collection_modifyitems(config, items):
+    # `long` tests run only when the marker expression asks for them (-m long): a plain run, and
+    # CI's `-m "not slow"` (which would otherwise override a default -m in addopts), skip them.
+    if "long" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="long run: select with -m long")
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(skip)
+
+
+try:  # Hypothesis profiles: a few hundred examples per fuzz test by default, no example database.
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("adrt", max_examples=200, deadline=None, database=None,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile("adrt")
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from adrt import synth
 from adrt.data import Dataset
-from adrt.errors import DataError, InputError
+from adrt.errors import InputError
 
 
 def _arrays(root):
@@ -82,13 +82,21 @@ def test_fast(tmp_path):
 
 
 def test_refuses_non_empty_and_bad_args(tmp_path):
+    from adrt.errors import OutputError
+
     root = tmp_path / "full"
     root.mkdir()
     (root / "keep.txt").write_text("x")
-    with pytest.raises(DataError, match="not empty"):
-        synth.make_dataset(root, n_train=1, n_test_good=0, n_test_defect=0)
-    synth.make_dataset(root, size=16, n_train=1, n_test_good=0, n_test_defect=0, overwrite=True)
-    assert (root / "keep.txt").exists() and (root / "train" / "good" / "000.png").exists()
+    # A folder that is not a synthetic dataset made here is never replaced, with overwrite or not.
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="does not recognise as a synthetic dataset"):
+            synth.make_dataset(root, n_train=1, n_test_good=0, n_test_defect=0, overwrite=overwrite)
+    assert sorted(p.name for p in root.iterdir()) == ["keep.txt"]
+    made = synth.make_dataset(tmp_path / "s", size=16, n_train=2, n_test_good=0, n_test_defect=0)
+    with pytest.raises(OutputError, match="pass --overwrite"):
+        synth.make_dataset(made, size=16, n_train=1, n_test_good=0, n_test_defect=0)
+    synth.make_dataset(made, size=16, n_train=1, n_test_good=0, n_test_defect=0, overwrite=True)
+    assert sorted(p.name for p in (made / "train" / "good").iterdir()) == ["000.png"]
     with pytest.raises(InputError, match="texture='plaid'"):
         synth.make_dataset(tmp_path / "x", texture="plaid")
     with pytest.raises(InputError, match="size=8"):

@@ -29,19 +29,36 @@ def _parse_options(items) -> dict:
               help="Fraction of normal images held out for calibration.")
 @click.option("--set", "options", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. coreset_ratio=0.05.")
 @click.option("--export", "bundle", type=click.Path(path_type=Path), default=None, help="Also export a bundle here.")
-@click.option("--threads", type=click.IntRange(min=1), default=None)
-def train(method, data, out, size, seed, holdout, options, bundle, threads):
+@click.option("--threads", type=int, default=None, help="Torch threads, 1 to 4 per CPU (default: torch's choice).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing run folder at --out (and bundle at --export); never any other folder.")
+def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite):
     """Fit METHOD (see `adrt methods`) on the normal images of DATA."""
+    from adrt.outputs import Kind, check_output
+    from adrt.train.fit import make_config
     from adrt.train.fit import train as run_train
 
-    run = run_train(method, data, out, size=size, seed=seed, holdout=holdout, options=_parse_options(options),
-                    threads=threads)
+    opts = _parse_options(options)
+    make_config(method, opts)                     # unknown method or bad --set: before anything else
+    if bundle is not None:
+        # Both outputs are checked before training starts, not after it.
+        if _nested(bundle, out):
+            raise AdrtError(f"--export {bundle} and --out {out} overlap; the bundle and the run folder must be "
+                            f"two separate folders")
+        check_output(bundle, Kind.BUNDLE, overwrite=overwrite, inputs=[data], option="--export")
+    run = run_train(method, data, out, size=size, seed=seed, holdout=holdout, options=opts, threads=threads,
+                    overwrite=overwrite)
     click.echo(f"run folder: {run}")
     if bundle is not None:
         from adrt.export.cli import export_run
 
-        export_run(run, bundle, data)
+        export_run(run, bundle, data, overwrite=overwrite)
         click.echo(f"bundle: {bundle}")
+
+
+def _nested(a: Path, b: Path) -> bool:
+    ra, rb = Path(a).resolve(), Path(b).resolve()
+    return ra == rb or ra in rb.parents or rb in ra.parents
 
 
 @click.command()
@@ -57,11 +74,58 @@ def methods():
 
 
 @click.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Demo folder. Re-running replaces a demo folder made before (recognised by its .adrt-demo "
+                   "marker and contents), never any other folder.")
 @click.option("--method", default="patchcore", show_default=True)
 @click.option("--size", type=click.IntRange(min=32), default=128, show_default=True)
 def demo(out, method, size):
     """Generate a dataset, train, export, evaluate, infer and benchmark, all on the CPU."""
+    from adrt.outputs import DEMO_MARKER, Kind, recognise
+    from adrt.train.fit import make_config
+
+    make_config(method)                           # an unknown method fails before anything is written
+    replaced = _demo_folder(out, recognise(out, Kind.DEMO))
+    try:
+        _run_demo(out, method, size)
+    except BaseException:
+        # A failed demo leaves what was there before (or nothing), not a half-made folder.
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        if replaced is not None:
+            replaced.rename(out)
+        raise
+    if replaced is not None:
+        import shutil
+
+        shutil.rmtree(replaced, ignore_errors=True)
+    (out / DEMO_MARKER).touch()
+
+
+def _demo_folder(out: Path, ours: bool) -> Path | None:
+    """Make ``out`` ready for the demo: new, empty, or a demo folder (moved aside, returned)."""
+    from adrt.errors import OutputError
+    from adrt.outputs import DEMO_MARKER, make_folder
+
+    if out.exists() and (not out.is_dir() or out.is_symlink()):
+        raise OutputError(f"--out {out} exists and is not a folder; choose another --out")
+    aside = None
+    if out.is_dir() and any(out.iterdir()):
+        if not ours:
+            raise OutputError(f"--out {out} is a folder that is not a demo folder made by adrt (it holds other "
+                              f"files); refusing to replace it: choose another --out")
+        import secrets
+
+        aside = out.parent / f".{out.name}.adrt-old-{secrets.token_hex(4)}"
+        out.rename(aside)
+    make_folder(out)
+    # The marker first: a demo interrupted half-way is still recognised as one next time.
+    (out / DEMO_MARKER).touch()
+    return aside
+
+
+def _run_demo(out: Path, method: str, size: int) -> None:
     from adrt.commands import record_metrics
     from adrt.evaluate import evaluate_session
     from adrt.export.cli import export_run
@@ -84,6 +148,10 @@ def demo(out, method, size):
         click.echo("    infer: " + ", ".join(f"{x:.2f}" for x in r.scores))
     record_metrics(bundle, data, result)
     report = bench(bundle, runs=30, torch_run=run)
-    write_report(report, out / "bench")
+    paths = write_report(report, out / "bench")
     click.echo("5/5 benchmark:\n" + to_markdown(report))
-    click.echo(f"overlays in {out / 'eval' / 'overlays'}; metrics in {out / 'eval' / 'metrics.json'}")
+    click.echo(f"\nbundle:   {bundle}  (the deployable detector: manifest.json + model.onnx)")
+    click.echo(f"overlays: {out / 'eval' / 'overlays'};  metrics: {out / 'eval' / 'metrics.json'}")
+    click.echo(f"report:   {', '.join(str(p) for p in paths)}  (open the .html in a browser)")
+    click.echo(f"next:     adrt infer {bundle} {data / 'test'} --out scores.csv   "
+               f"(or your own images: adrt train {method} --data YOUR_DATA --out runs/mine --export bundles/mine)")

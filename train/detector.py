@@ -9,26 +9,12 @@ forward *is* the graph that ``adrt export`` writes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the graph takes: uint8 N×H×W×C; resize to H×W is the runtime's job (rule recorded)."""
-
-    height: int
-    width: int
-    channels: int = 3
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # applied to pixel/255
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    resize: str = "bilinear"
-    color: str = "rgb"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# The input spec and calibration record are the bundle contract's (torch-free), re-exported here.
+from adrt.contract import OUTPUT_NAMES, Calibration, InputSpec  # noqa: F401
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -126,7 +112,7 @@ class Detector(nn.Module):
     images (monotone, so rankings and AUROC are those of the raw values).
     """
 
-    output_names = ("anomaly_map", "score", "raw_map", "raw_score")
+    output_names = OUTPUT_NAMES
 
     def __init__(self, scorer: nn.Module, spec: InputSpec, sigma: float = 4.0):
         super().__init__()
@@ -159,27 +145,6 @@ class Detector(nn.Module):
         amap = torch.sigmoid((raw_map - self.map_threshold) / self.map_scale)
         score = torch.sigmoid((raw_score - self.score_threshold) / self.score_scale)
         return amap, score, raw_map, raw_score
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Statistics of raw outputs on held-out normal images, and the thresholds derived from them."""
-
-    n_images: int
-    score_mean: float
-    score_std: float
-    score_max: float
-    score_threshold: float
-    score_scale: float
-    map_mean: float
-    map_std: float
-    map_q999: float
-    map_threshold: float
-    map_scale: float
-    rule: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @torch.inference_mode()

@@ -5,11 +5,10 @@ A run folder holds ``detector.json`` (method, config, input spec, calibration, d
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -18,7 +17,9 @@ import torch
 
 from adrt._version import __version__
 from adrt.data import Dataset, load_images, split_holdout
-from adrt.errors import AdrtError
+from adrt.errors import AdrtError, InputError
+from adrt.outputs import Kind, check_output, staged_folder
+from adrt.runtime.limits import check_threads
 from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate
 from adrt.train.registry import get_method
 
@@ -26,7 +27,8 @@ CHECKPOINT_VERSION = 1
 
 
 def make_config(method: str, overrides: dict | None = None):
-    """The method's frozen config with ``overrides`` applied; unknown keys raise listing the valid ones."""
+    """The method's frozen config with ``overrides`` applied; unknown keys raise listing the valid
+    ones, and the Config itself refuses values out of range (naming the option)."""
     cls = get_method(method)
     names = {f.name: f for f in fields(cls.Config)}
     kw = {}
@@ -38,14 +40,20 @@ def make_config(method: str, overrides: dict | None = None):
     return cls.Config(**kw)
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _coerce(key, value, default):
+    """A --set string as the type of the option's default (the Config checks the range)."""
     if not isinstance(value, str):
         return value
     try:
         if isinstance(default, bool):
-            return value.lower() in ("1", "true", "yes")
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(value)
+            return value.lower() in _TRUE
         if isinstance(default, tuple):
-            return tuple(type(default[0])(v) for v in value.split(","))
+            return tuple(type(default[0])(v) for v in value.split(",")) if default else tuple(value.split(","))
         return type(default)(value)
     except ValueError:
         raise AdrtError(f"option {key}={value!r}: expected a value like {default!r}") from None
@@ -60,13 +68,18 @@ def _log(msg: str = "", end: str = "\n") -> None:
 
 def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
           seed: int = 0, holdout: float = 0.1, min_holdout: int = 4, options: dict | None = None,
-          threads: int | None = None, log=_log) -> Path:
+          threads: int | None = None, log=_log, overwrite: bool = False) -> Path:
     """Fit ``method`` on the normal images of ``data`` and write a run folder to ``out``.
 
     A fraction ``holdout`` of the normal training images (at least ``min_holdout``) is kept out
-    of fitting and used to calibrate the threshold. Returns the run folder.
+    of fitting and used to calibrate the threshold. Returns the run folder. An existing run
+    folder at ``out`` is replaced only with ``overwrite``; anything else there is refused before
+    training starts (adrt.outputs).
     """
     cfg = make_config(method, options)
+    threads = check_threads(threads)
+    InputSpec(height=size, width=size)           # the size is checked before anything else
+    check_output(out, Kind.RUN, overwrite=overwrite, inputs=[data])
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -96,34 +109,34 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
             "torch": torch.__version__, "threads": torch.get_num_threads(),
         },
     }
-    return save_run(det, meta, out)
+    return save_run(det, meta, out, overwrite=overwrite, inputs=[data])
 
 
-def save_run(det: Detector, meta: dict, out) -> Path:
-    """Write weights + metadata to a temporary folder, then move it into place (no half-written run)."""
+def save_run(det: Detector, meta: dict, out, *, overwrite: bool = False, inputs=()) -> Path:
+    """Write weights + metadata to a temporary folder beside ``out``, then move it into place (no
+    half-written run). An existing run folder is replaced only with ``overwrite``; a folder that
+    is not a run, or one of ``inputs``, never (adrt.outputs)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        torch.save(det.state_dict(), tmp / "weights.pt")
+    # Serialised in memory first: torch.save reports a full disk as a RuntimeError, a file write
+    # as an OSError (which staged_folder turns into a clear OutputError).
+    buf = io.BytesIO()
+    torch.save(det.state_dict(), buf)
+    with staged_folder(out, Kind.RUN, overwrite=overwrite, inputs=inputs) as tmp:
+        with open(tmp / "weights.pt", "wb") as f:
+            f.write(buf.getbuffer())
         (tmp / "detector.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 def save_derived_run(new: Detector, cfg, meta: dict, run, out, changed: dict, data=None,
-                     log=lambda *a, **k: None, what: str = "derived run") -> Path:
+                     log=lambda *a, **k: None, what: str = "derived run", overwrite: bool = False) -> Path:
     """Write run folder ``out`` for ``new``: a detector rebuilt from run ``run`` (its ``meta``) with
     config ``cfg``, recalibrated on the run's own held-out images, and recorded as derived from it
     with ``changed``. The held-out images are found again from the recorded seed and counts (the
     split depends only on the seed and the file names); ``data`` defaults to the recorded dataset."""
     import copy
 
+    check_output(out, Kind.RUN, overwrite=overwrite, inputs=[run])
     tr = meta["training"]
     ds = Dataset.open(data if data is not None else tr["data"])
     n_total = len(ds.train)
@@ -137,7 +150,7 @@ def save_derived_run(new: Detector, cfg, meta: dict, run, out, changed: dict, da
     meta["config"] = asdict(cfg)
     meta["calibration"] = cal.to_dict()
     meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": dict(changed)}
-    return save_run(new, meta, out)
+    return save_run(new, meta, out, overwrite=overwrite, inputs=[run])
 
 
 def load_run(run) -> tuple[Detector, dict]:
@@ -147,19 +160,26 @@ def load_run(run) -> tuple[Detector, dict]:
     for p in (meta_path, w_path):
         if not p.is_file():
             raise AdrtError(f"{run}: not a run folder ({p.name} missing); create one with `adrt train`")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("checkpoint_version") != CHECKPOINT_VERSION:
-        raise AdrtError(f"{run}: checkpoint version {meta.get('checkpoint_version')!r}, "
-                        f"this adrt reads version {CHECKPOINT_VERSION}")
-    cls = get_method(meta["method"])
-    stored = {**getattr(cls.Config, "absent", {}), **meta["config"]}     # options newer than the run
-    cfg = cls.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
-    spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()})
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise AdrtError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("checkpoint_version") != CHECKPOINT_VERSION:
+        version = meta.get("checkpoint_version") if isinstance(meta, dict) else None
+        raise AdrtError(f"{run}: checkpoint version {version!r}, this adrt reads version {CHECKPOINT_VERSION}")
+    try:
+        cls = get_method(meta["method"])
+        stored = {**getattr(cls.Config, "absent", {}), **meta["config"]}     # options newer than the run
+        cfg = cls.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+        spec = InputSpec.from_dict(meta["input"])
+        cal = Calibration.from_dict(meta["calibration"])
+    except (KeyError, TypeError, InputError) as e:
+        raise AdrtError(f"{meta_path}: not a valid run record ({type(e).__name__}: {e})") from None
     det = Detector(cls.build(cfg), spec, sigma=cfg.sigma)
     state = torch.load(w_path, map_location="cpu", weights_only=True)
     _resize_buffers(det, state)
     det.load_state_dict(state)
-    apply_calibration(det, Calibration(**meta["calibration"]))
+    apply_calibration(det, cal)
     return det.eval(), meta
 
 

@@ -13,13 +13,15 @@ import threading
 
 import numpy as np
 
-from adrt.errors import AdrtError, BackendError, BundleError, InputError, ResultError
+from adrt.errors import AdrtError, BackendError, BundleError, ClosedError, DataError, InputError, ResultError
 
 # Status codes: the values of adrt_status in adrt.h.
 OK, E_NULL, E_ARGUMENT, E_HANDLE, E_BUNDLE, E_BACKEND, E_INPUT, E_BUFFER, E_PYTHON, E_INTERNAL, E_OUTPUT = range(11)
 RAN = 0x100  # set on every return from Python, see _internal.h
 
-_ERRORS = ((BundleError, E_BUNDLE), (BackendError, E_BACKEND), (InputError, E_INPUT), (ResultError, E_OUTPUT))
+# Every adrt error type -> its status (the first match wins; AdrtError itself is E_INTERNAL).
+_ERRORS = ((BundleError, E_BUNDLE), (BackendError, E_BACKEND), (InputError, E_INPUT), (DataError, E_INPUT),
+           (ResultError, E_OUTPUT), (ClosedError, E_HANDLE))
 
 
 class _Failure(Exception):
@@ -90,6 +92,7 @@ def bind(ffi, lib, built_for: str) -> None:
     """
     from adrt._version import __version__
     from adrt.runtime import backend_names, load
+    from adrt.runtime.limits import check_threads, max_threads
 
     if __version__ != built_for:
         raise ImportError(f"libadrt was built from adrt {built_for}, but this Python imports adrt "
@@ -126,12 +129,14 @@ def bind(ffi, lib, built_for: str) -> None:
         if backend not in backend_names():
             raise _Failure(E_ARGUMENT, f"adrt_open: backend {backend!r} is unknown; expected one of "
                                        f"{', '.join(backend_names())} (or NULL for ort-cpu)")
-        if threads < 0:
+        try:
+            threads = check_threads(threads or None)
+        except InputError:
             raise _Failure(E_ARGUMENT, f"adrt_open: threads = {threads}; expected 0 (ONNX Runtime's "
-                                       f"default) or a positive thread count")
+                                       f"default) or a thread count from 1 to {max_threads()} (4 per CPU)") from None
         if not path:
             raise _Failure(E_BUNDLE, "adrt_open: bundle_path is empty; expected the path of a bundle folder or .zip")
-        session = load(path, backend=backend, threads=threads or None)
+        session = load(path, backend=backend, threads=threads)
         handle_p[0] = table.add(session)
 
     @guarded
@@ -147,11 +152,8 @@ def bind(ffi, lib, built_for: str) -> None:
     def precision(handle, buffer, size):
         entry = table.acquire(handle, "adrt_precision")
         try:
-            models = entry.session.bundle.manifest.get("models", {})
-            value = models.get("fp32", {}).get("precision")
-            if not isinstance(value, str):
-                raise _Failure(E_BUNDLE, f"adrt_precision: the manifest's models.fp32.precision is "
-                                         f"{value!r}; expected a string such as 'fp32'")
+            # Validated at open (adrt.contract): the entry exists and its precision is known.
+            value = entry.session.bundle.contract.models["fp32"].precision.value
             data = value.encode("utf-8") + b"\0"
             if size < len(data):
                 raise _Failure(E_BUFFER, f"adrt_precision: size = {size}; expected at least {len(data)} "

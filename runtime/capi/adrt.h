@@ -45,9 +45,13 @@ typedef int64_t adrt_handle;
 typedef enum adrt_status {
     ADRT_OK = 0,
     ADRT_E_NULL = 1,     /* a required pointer argument is NULL */
-    ADRT_E_ARGUMENT = 2, /* a value out of range: threads < 0, unknown backend, n < 1, ... */
+    ADRT_E_ARGUMENT = 2, /* a value out of range: threads outside 0..4*CPUs, unknown backend, n < 1, ... */
     ADRT_E_HANDLE = 3,   /* the handle is not open: never opened, or already closed */
-    ADRT_E_BUNDLE = 4,   /* the bundle is missing, not a bundle, or fails its checksums */
+    ADRT_E_BUNDLE = 4,   /* the bundle is missing or not a bundle; its manifest is invalid (a missing or
+                            wrongly typed field, a value the runtime does not implement); a file it
+                            needs is unlisted, outside the bundle or fails its checksum; a zip is
+                            corrupt or over the extraction limits; the model's inputs/outputs differ
+                            from the manifest's */
     ADRT_E_BACKEND = 5,  /* the backend is not available or cannot load the model */
     ADRT_E_INPUT = 6,    /* the images do not match the bundle's input spec (size, channels) */
     ADRT_E_BUFFER = 7,   /* a buffer length does not match what the call needs */
@@ -65,7 +69,8 @@ int adrt_last_error(const char **message);
 
 /* Open and verify the bundle at `bundle_path` (a folder or a .zip). `backend` is "ort-cpu",
  * "ort-cuda" or "ort-trt" (NULL means "ort-cpu"); a backend that is not really active is an error,
- * never a silent fallback. `threads` is ONNX Runtime's intra-op thread count (0: its default).
+ * never a silent fallback. `threads` is ONNX Runtime's intra-op thread count: 0 for its default,
+ * else 1 to 4 per CPU (ADRT_E_ARGUMENT outside that).
  * On success *handle is the new handle; on failure it is set to 0. */
 int adrt_open(const char *bundle_path, const char *backend, int threads, adrt_handle *handle);
 

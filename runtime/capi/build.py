@@ -81,7 +81,7 @@ def build_library(out_dir: str | os.PathLike, verbose: bool = False) -> Path:
     try:
         import cffi
     except ImportError:
-        raise BuildError("building the C API needs cffi: pip install 'adrt[capi]'") from None
+        raise BuildError("building the C API needs cffi: pip install -e '.[capi]' (in the adrt source folder)") from None
     if not sysconfig.get_config_var("Py_ENABLE_SHARED") and sys.platform != "win32":
         raise BuildError(f"this Python ({sys.executable}) was built without a shared libpython "
                          f"(Py_ENABLE_SHARED = 0); embedding it needs one (--enable-shared)")

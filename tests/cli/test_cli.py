@@ -119,3 +119,11 @@ def test_demo_runs_the_whole_path(tmp_path):
     assert (tmp_path / "demo" / "bundle" / "manifest.json").is_file()
     assert json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())["overall"]["image_auroc"] > 0.9
     assert list((tmp_path / "demo" / "eval" / "overlays").glob("*.png"))
+    # It names what it made and what to do next.
+    assert f"bundle:   {tmp_path / 'demo' / 'bundle'}" in r.output and "bench.html" in r.output
+    assert f"next:     adrt infer {tmp_path / 'demo' / 'bundle'}" in r.output
+    # Running it again replaces its own folder (README's first command, twice; before: "folder is not empty").
+    r = run("demo", "--out", tmp_path / "demo", "--size", 64, "--method", "padim")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "demo" / "bundle" / "manifest.json").read_text())["method"] == "padim"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]

@@ -482,3 +482,74 @@ def test_the_library_runs_as_the_building_python_whatever_the_path(capi, bundle,
     p = run_c(capi / "adrt_example", bundle, img, env={"PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr
     assert "\tnormal" in p.stdout or "\tanomalous" in p.stdout
+
+
+OPEN_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "adrt.h"
+
+int main(int argc, char **argv)   /* OPEN_C THREADS BUNDLE...: one line per bundle, status and message */
+{
+    int threads = atoi(argv[1]);
+    for (int i = 2; i < argc; i++) {
+        adrt_handle h = 0;
+        const char *message = "";
+        int status = adrt_open(argv[i], NULL, threads, &h);
+        adrt_last_error(&message);
+        printf("%s\t%d\t%s\n", argv[i], status, message);
+        if (status == ADRT_OK)
+            adrt_close(h);
+    }
+    return 0;
+}
+"""
+
+
+def test_invalid_bundles_and_thread_counts_get_their_own_status_codes(capi, bundle, tmp_path):
+    """Issue #17: manifest errors surfaced as ADRT_E_INTERNAL; now each is ADRT_E_BUNDLE with the
+    field named, and thread counts out of 1..4 per CPU are ADRT_E_ARGUMENT."""
+    import json
+    import zipfile
+
+    def variant(name, change):
+        d = tmp_path / name
+        shutil.copytree(bundle, d)
+        m = json.loads((d / "manifest.json").read_text())
+        change(m)
+        (d / "manifest.json").write_text(json.dumps(m))
+        return d
+
+    cases = {
+        variant("files_list", lambda m: m.update(files=["model.onnx"])): "files: expected a JSON object, got list",
+        variant("no_sha", lambda m: m["files"]["model.onnx"].pop("sha256")): "lacks 'sha256'",
+        variant("threshold", lambda m: m.update(threshold="abc")): "threshold='abc': expected a finite number",
+        variant("nearest", lambda m: m["input"].update(resize="nearest")): "input.resize='nearest'",
+        variant("outside", lambda m: m["models"]["fp32"].update(file="../x/model.onnx")):
+            "expected a relative file name inside the bundle",
+        variant("unlisted", lambda m: m.update(files={})): "is not listed in files",
+        variant("io", lambda m: m["input"].update(height=32)): "the manifest says uint8 N×32×64×3",
+    }
+    z = tmp_path / "crc.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_STORED) as f:
+        for p in bundle.iterdir():
+            f.write(p, p.name)
+    data = bytearray(z.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    z.write_bytes(bytes(data))
+    cases[z] = "corrupt or unreadable zip"
+    exe = compile_c(capi, "open_cases", OPEN_C)
+    p = run_c(exe, 0, *cases)
+    assert p.returncode == 0, p.stderr
+    rows = {Path(path): (int(status), msg) for path, status, msg in (ln.split("\t", 2) for ln in p.stdout.splitlines())}
+    for path, text in cases.items():
+        assert rows[Path(path)][0] == 4, (path, rows[Path(path)])         # ADRT_E_BUNDLE, not 9 (INTERNAL)
+        assert text in rows[Path(path)][1], (path, rows[Path(path)])
+    from adrt.runtime.limits import max_threads
+
+    for threads, status in ((100000, 2), (max_threads() + 1, 2), (-1, 2), (max_threads(), 0), (1, 0)):
+        p = run_c(exe, threads, bundle)
+        got = int(p.stdout.split("\t")[1])
+        assert got == status, (threads, p.stdout)
+        if status:
+            assert f"expected 0 (ONNX Runtime's default) or a thread count from 1 to {max_threads()}" in p.stdout

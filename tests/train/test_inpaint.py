@@ -131,13 +131,13 @@ def test_training_refuses_an_untileable_size_before_fitting(synth_data, tmp_path
     ("device", "tpu", "expected one of cpu, cuda, auto"),
     ("iterations", "0", "iterations=0: expected an integer >= 1"),
 ])
-def test_bad_options_are_refused_by_build_naming_the_option(option, value, match):
+def test_bad_options_are_refused_naming_the_option(option, value, match):
     from adrt.train.fit import make_config
     from adrt.train.registry import get_method
 
-    cfg = make_config("inpaint", {option: value})
+    # Refused when the config is made (before any data is read), naming the option.
     with pytest.raises(AdrtError, match=match):
-        get_method("inpaint").build(cfg)
+        get_method("inpaint").build(make_config("inpaint", {option: value}))
 
 
 def test_cuda_is_refused_when_absent_not_silently_replaced():

@@ -171,9 +171,9 @@ def test_bad_options_are_refused_naming_the_option(option, value, match):
     from adrt.train.fit import make_config
     from adrt.train.registry import get_method
 
-    cfg = make_config("memae", {option: value})
+    # Refused when the config is made (before any data is read), naming the option.
     with pytest.raises(AdrtError, match=match):
-        get_method("memae").build(cfg)
+        get_method("memae").build(make_config("memae", {option: value}))
 
 
 def test_untileable_size_is_refused_before_fitting(synth_data, tmp_path):

@@ -200,9 +200,9 @@ def test_bad_options_are_refused_naming_the_option(option, value, match):
     from adrt.train.fit import make_config
     from adrt.train.registry import get_method
 
-    cfg = make_config("vae", {option: value})
+    # Refused when the config is made (before any data is read), naming the option.
     with pytest.raises(AdrtError, match=match):
-        get_method("vae").build(cfg)
+        get_method("vae").build(make_config("vae", {option: value}))
 
 
 def test_untileable_size_and_bad_images_are_refused(synth_data, tmp_path):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.options import choice_opt, float_opt, int_opt
 from adrt.train.students.model import resize_to
 
 SIZES = ("s", "m")
@@ -60,8 +61,26 @@ class EfficientADConfig:
     checkpoint: str = ""                 # training-state file: saved as training goes; a rerun resumes from it (skips what is done)
     checkpoint_every: int = 200          # steps between checkpoint saves (0: only at stage ends)
 
+    def __post_init__(self):
+        check_config(self)
+
 
 def check_config(cfg: EfficientADConfig) -> None:
+    m = "efficientad"
+    for name in ("out_channels", "image_size", "teacher_steps", "teacher_batch", "steps", "penalty_images", "min_val"):
+        int_opt(m, cfg, name, 1)
+    int_opt(m, cfg, "checkpoint_every", 0)
+    for name in ("width", "teacher_epochs", "epochs", "teacher_lr", "lr"):
+        float_opt(m, cfg, name, 0.0, lo_open=True)
+    for name in ("weight_decay", "sigma"):
+        float_opt(m, cfg, name, 0.0)
+    for name in ("q_hard", "q_a", "q_b"):
+        float_opt(m, cfg, name, 0.0, 1.0, lo_open=True, hi_open=True)
+    float_opt(m, cfg, "val_fraction", 0.0, 1.0, hi_open=True)
+    choice_opt(m, cfg, "backbone", ("lite0", "lite1", "lite2"))
+    for name in ("distill_data", "penalty", "checkpoint"):
+        if not isinstance(getattr(cfg, name), str):
+            raise AdrtError(f"efficientad option {name}={getattr(cfg, name)!r}: expected a string")
     if cfg.size not in SIZES:
         raise AdrtError(f"efficientad option size={cfg.size!r}: expected one of {', '.join(SIZES)}")
     s = cfg.image_size

@@ -115,7 +115,7 @@ def rebuild_scorer(cls, scorer: torch.nn.Module, cfg) -> torch.nn.Module:
 
 
 def with_options(run: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
-                 log=lambda *a, **k: None, **changes) -> Path:
+                 log=lambda *a, **k: None, overwrite: bool = False, **changes) -> Path:
     """Write run folder ``out``: the trained network of run ``run`` (a ``memae`` or ``vae`` run) with
     other test-time options (``changes``, a subset of the method's ``TEST_TIME_OPTIONS``, e.g.
     ``k_steps=20`` or ``score="mmd"``), recalibrated on the run's own held-out images.
@@ -145,4 +145,5 @@ def with_options(run: str | os.PathLike, out: str | os.PathLike, data: str | os.
     cfg = replace(det.scorer.cfg, **changes)
     scorer = rebuild_scorer(cls, det.scorer, cfg)
     new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma).eval()
-    return save_derived_run(new, cfg, meta, run, out, changes, data, log, f"with_options {changes}")
+    return save_derived_run(new, cfg, meta, run, out, changes, data, log, f"with_options {changes}",
+                            overwrite=overwrite)

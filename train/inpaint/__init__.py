@@ -36,7 +36,7 @@ class Inpaint:
 
 
 def with_mask_set(run: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
-                  log=lambda *a, **k: None, **changes) -> Path:
+                  log=lambda *a, **k: None, overwrite: bool = False, **changes) -> Path:
     """Write run folder ``out``: the trained network of inpaint run ``run`` behind another test-time
     mask set (``changes`` of TEST_TIME_OPTIONS), recalibrated on the run's own held-out images.
 
@@ -65,5 +65,6 @@ def with_mask_set(run: str | os.PathLike, out: str | os.PathLike, data: str | os
     scorer.set_masks(spec.height, spec.width, tr["seed"])
     new = Detector(scorer, spec, sigma=cfg.sigma).eval()
     return save_derived_run(new, cfg, meta, run, out, changes, data, log,
-                            f"with_mask_set: cells {cfg.cells} × {cfg.n_masks} masks, error {cfg.error}")
+                            f"with_mask_set: cells {cfg.cells} × {cfg.n_masks} masks, error {cfg.error}",
+                            overwrite=overwrite)
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.options import float_opt, int_opt
 
 ERRORS = ("msgms", "se")
 ASSIGNMENTS = ("random", "regular")
@@ -60,6 +61,9 @@ class InpaintConfig:
     device: str = "cpu"                       # training only: "cpu", "cuda" or "auto" (cuda when available)
     sigma: float = 4.0                        # Gaussian smoothing of the map (Detector)
 
+    def __post_init__(self):
+        check_config(self)
+
 
 def check_config(cfg: InpaintConfig) -> None:
     """Raise AdrtError naming the option when a value cannot work."""
@@ -72,7 +76,7 @@ def check_config(cfg: InpaintConfig) -> None:
     ints("channels", cfg.channels, 1)
     for name in ("n_masks", "train_n_masks"):
         v = getattr(cfg, name)
-        if not isinstance(v, int) or v < 2:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 2:
             raise AdrtError(f"inpaint option {name}={v!r}: expected an integer >= 2 "
                             "(one mask would hide the whole image)")
     for name, v, allowed in (("error", cfg.error, ERRORS), ("assignment", cfg.assignment, ASSIGNMENTS),
@@ -80,11 +84,9 @@ def check_config(cfg: InpaintConfig) -> None:
         if v not in allowed:
             raise AdrtError(f"inpaint option {name}={v!r}: expected one of {', '.join(allowed)}")
     for name in ("gms_scales", "iterations", "epochs", "batch_size"):
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or v < 1:
-            raise AdrtError(f"inpaint option {name}={v!r}: expected an integer >= 1")
-    if not cfg.lr > 0:
-        raise AdrtError(f"inpaint option lr={cfg.lr!r}: expected a positive number")
+        int_opt("inpaint", cfg, name, 1)
+    float_opt("inpaint", cfg, "lr", 0.0, lo_open=True)
+    float_opt("inpaint", cfg, "sigma", 0.0)
 
 
 def size_multiple(cfg: InpaintConfig) -> int:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.options import float_opt
 from adrt.train.generative.heads import (ERRORS, KERNELS, MapScore, ReconError, guard_finite, kernel, kernel_scale,
                                          mmd2, sq_dists)
 
@@ -48,6 +49,9 @@ class MemAEConfig:
     lr: float = 1e-3
     sigma: float = 4.0                  # Gaussian smoothing of the map (Detector; also the image score)
 
+    def __post_init__(self):
+        check_config(self)
+
 
 TEST_TIME_OPTIONS = ("error", "score", "mmd_kernel", "mmd_scale", "sigma")
 
@@ -64,15 +68,14 @@ def check_config(cfg: MemAEConfig) -> None:
                              ("mmd_kernel", cfg.mmd_kernel, KERNELS)):
         if v not in allowed:
             raise AdrtError(f"memae option {name}={v!r}: expected one of {', '.join(allowed)}")
+    float_opt("memae", cfg, "shrink", 0.0)
     if cfg.mem_size and not 0.0 <= cfg.shrink < 1.0:
         raise AdrtError(f"memae option shrink={cfg.shrink!r}: expected a number in [0, 1) "
                         f"(the paper uses 1/N to 3/N = {1 / cfg.mem_size:.4g} to {3 / cfg.mem_size:.4g})")
     for name in ("entropy_weight", "sigma"):
-        if not getattr(cfg, name) >= 0:
-            raise AdrtError(f"memae option {name}={getattr(cfg, name)!r}: expected a number >= 0")
+        float_opt("memae", cfg, name, 0.0)
     for name in ("lr", "mmd_scale"):
-        if not getattr(cfg, name) > 0:
-            raise AdrtError(f"memae option {name}={getattr(cfg, name)!r}: expected a positive number")
+        float_opt("memae", cfg, name, 0.0, lo_open=True)
 
 
 class Memory(nn.Module):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from adrt.train.features import TapFeatures
+from adrt.train.options import backbone_channels, dims_opt, float_opt, int_opt
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,15 @@ class PaDiMConfig:
     n_features: int = 100    # random channel subset (paper: 100 for ResNet-18)
     eps: float = 0.01        # regulariser added to each covariance (paper: 0.01·I)
     sigma: float = 4.0
+
+    def __post_init__(self):
+        m = "padim"
+        dims = backbone_channels(m, self)
+        int_opt(m, self, "grid_stride", 1, 64)
+        # More channels than the taps have would be recorded but never used: refused.
+        dims_opt(m, self, "n_features", 1, dims)
+        float_opt(m, self, "eps", 0.0)
+        float_opt(m, self, "sigma", 0.0)
 
 
 class PaDiMScorer(nn.Module):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from adrt.train.features import TapFeatures
+from adrt.train.options import backbone_channels, dims_opt, float_opt, int_opt
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,20 @@ class PatchCoreConfig:
 
     # Options a run saved before they existed was trained without (read by load_run).
     absent: ClassVar[dict] = {"embed_dim": 0}
+
+    def __post_init__(self):
+        m = "patchcore"
+        dims = backbone_channels(m, self)
+        int_opt(m, self, "grid_stride", 1, 64)
+        int_opt(m, self, "patch_size", 1, 63)
+        # More axes than the features have would be recorded but never used: refused.
+        dims_opt(m, self, "embed_dim", 0, dims, " (all)")
+        float_opt(m, self, "coreset_ratio", 0.0, 1.0, lo_open=True)
+        for name in ("projection_dim", "coreset_max_patches"):
+            int_opt(m, self, name, 0)
+        int_opt(m, self, "num_neighbors", 1)
+        int_opt(m, self, "bank_chunk", 1)
+        float_opt(m, self, "sigma", 0.0)
 
 
 def _sq_dists(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ class Students:
         return fit_scorer(cfg, images, preprocess, seed=seed, log=log)
 
 
-def single_scale(run, p: int, out, data=None, log=lambda *a, **k: None):
+def single_scale(run, p: int, out, data=None, log=lambda *a, **k: None, overwrite: bool = False):
     """Write run folder ``out``: receptive field ``p`` alone of the multi-scale students run ``run``
     (its teacher, students and statistics unchanged), recalibrated on the run's held-out images.
 
@@ -55,4 +55,5 @@ def single_scale(run, p: int, out, data=None, log=lambda *a, **k: None):
         for name in ("t_mean", "t_std", "err_stats", "var_stats"):
             getattr(scorer, name)[0] = getattr(src, name)[k]
     new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma).eval()
-    return save_derived_run(new, cfg, meta, run, out, {"scales": [p]}, data, log, f"single_scale: p={p}")
+    return save_derived_run(new, cfg, meta, run, out, {"scales": [p]}, data, log, f"single_scale: p={p}",
+                            overwrite=overwrite)

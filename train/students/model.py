@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.options import choice_opt, float_opt, int_opt, ints_opt
 
 # Layer tables per patch size. ("c", k): k×k conv to `width` channels, then LeakyReLU; ("p",): 2×2
 # max-pool (stride 2 on patches, stride 1 + dilation densely). A final 1×1 conv gives the descriptor.
@@ -77,8 +78,27 @@ class StudentsConfig:
     checkpoint: str = ""                     # training-state file: saved as training goes; a rerun resumes from it (skips what is done)
     checkpoint_every: int = 100              # steps between checkpoint saves (0: only at stage ends)
 
+    def __post_init__(self):
+        check_config(self)
+
 
 def check_config(cfg: StudentsConfig) -> None:
+    m = "students"
+    ints_opt(m, cfg, "scales", 1)
+    for name in ("n_students", "descriptor_dim", "width", "distill_size", "bank_size", "teacher_steps",
+                 "teacher_batch", "student_steps", "student_batch", "stats_images", "min_val"):
+        int_opt(m, cfg, name, 1)
+    for name in ("dense_size", "pos_shift", "checkpoint_every"):
+        int_opt(m, cfg, name, 0)
+    for name in ("teacher_epochs", "student_epochs", "teacher_lr", "student_lr", "margin"):
+        float_opt(m, cfg, name, 0.0, lo_open=True)
+    for name in ("lambda_k", "lambda_m", "lambda_c", "weight_decay", "sigma"):
+        float_opt(m, cfg, name, 0.0)
+    float_opt(m, cfg, "val_fraction", 0.0, 1.0, hi_open=True)
+    choice_opt(m, cfg, "backbone", ("lite0", "lite1", "lite2"))
+    for name in ("distill_data", "checkpoint"):
+        if not isinstance(getattr(cfg, name), str):
+            raise AdrtError(f"students option {name}={getattr(cfg, name)!r}: expected a string")
     bad = [p for p in cfg.scales if p not in ARCHITECTURES]
     if not cfg.scales or bad:
         raise AdrtError(f"students option scales={cfg.scales!r}: each must be one of {sorted(ARCHITECTURES)}")

@@ -68,6 +68,9 @@ class VAEConfig:
     lr: float = 1e-3
     sigma: float = 4.0                  # Gaussian smoothing of the map (Detector; also the image score)
 
+    def __post_init__(self):
+        check_config(self)
+
 
 TEST_TIME_OPTIONS = ("k_steps", "step_size", "lam", "grad_weight", "error", "score", "mmd_ref", "mmd_kernel",
                      "mmd_scale", "sigma")
