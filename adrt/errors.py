@@ -23,3 +23,7 @@ class BackendError(AdrtError):
 
 class ResultError(AdrtError):
     """The model produced non-finite values (NaN/Inf): never handed back as a map or a score."""
+
+
+class ServingError(AdrtError):
+    """A Triton model repository, model configuration or server that cannot be used as asked."""
