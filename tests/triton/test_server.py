@@ -173,3 +173,44 @@ def test_a_new_version_rolls_in_under_polling(served):
         c.close()
     x = images(np.random.default_rng(4), 1, 64)
     assert_same(infer(http, srv.http_address, "padim", {"image": x}), expected(bundles["padim"], {"image": x}))
+
+
+def test_c_client_over_http(served, synth_data, tmp_path):
+    """adrt/triton/client.c (the README's C client): KServe v2 HTTP with binary data, plain sockets."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from PIL import Image
+
+    import adrt.triton
+
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler (cc)")
+    srv, bundles, _ = served
+    exe = tmp_path / "triton_client"
+    src = Path(adrt.triton.__file__).parent / "client.c"
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", str(exe), str(src)], check=True)
+    pngs = sorted((synth_data / "test").rglob("*.png"))[:4]
+    ppms = []
+    for p in pngs:
+        ppms.append(tmp_path / f"{p.parent.name}_{p.stem}.ppm")
+        Image.open(p).convert("RGB").save(ppms[-1])
+    r = subprocess.run([str(exe), "127.0.0.1", str(srv.http_port), "padim", *map(str, ppms)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    import adrt.runtime as rt
+
+    with rt.load(bundles["padim"], threads=1) as s:
+        want = s.run_files(pngs)
+    assert [row[0] for row in rows] == [str(p) for p in ppms]
+    np.testing.assert_allclose([float(row[1]) for row in rows], want.scores, atol=1e-5)
+    np.testing.assert_allclose([float(row[2]) for row in rows], want.maps.reshape(len(pngs), -1).max(1), atol=1e-5)
+    assert 0.0 < want.scores.min() < 1.0 or 0.0 < want.scores.max() < 1.0  # not all saturated: a real check
+    # A request Triton refuses: its error, exit status 1.
+    Image.open(pngs[0]).convert("RGB").resize((32, 32)).save(tmp_path / "small.ppm")
+    r = subprocess.run([str(exe), "127.0.0.1", str(srv.http_port), "padim", str(tmp_path / "small.ppm")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Triton answered 400" in r.stderr and "unexpected shape" in r.stderr
