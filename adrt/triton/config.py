@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from adrt.errors import BundleError, InputError, ServingError
@@ -79,7 +79,6 @@ class ServeOptions:
     python_backend: str = "ort-cpu"
     # tensorrt_plan form: the engine tag without its precision (nvidia-h200-sm90-trt10.3.0).
     target: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def check(self, form: Form) -> None:
         """Raise InputError naming the option for settings Triton or adrt would refuse later."""
@@ -240,7 +239,6 @@ def build_config(name: str, form: Form, io: ModelIO, opts: ServeOptions, model_f
         params.append(_param("adrt_precision", opts.precision))
         if opts.threads:
             params.append(_param("adrt_threads", opts.threads))
-    params += [_param(k, v) for k, v in sorted(opts.extra.items())]
     if params:
         cfg["parameters"] = params
     return cfg

@@ -34,7 +34,7 @@ class BundleModel:
         self.session = rt.load(folder, backend=params.get("adrt_backend", "ort-cpu"), threads=threads,
                                precision=params.get("adrt_precision", "fp32"))
         self.inputs = [t["name"] for t in cfg["input"]]
-        self.outputs = [(t["name"], bool(t.get("reshape"))) for t in cfg["output"]]
+        self.outputs = [t["name"] for t in cfg["output"]]
 
     def _run(self, feeds: dict) -> dict:
         s = self.session
@@ -54,7 +54,7 @@ class BundleModel:
     def _response(self, out: dict, lo: int, hi: int):
         pb = self.pb
         return pb.InferenceResponse(output_tensors=[pb.Tensor(name, np.ascontiguousarray(out[name][lo:hi]))
-                                                    for name, _ in self.outputs])
+                                                    for name in self.outputs])
 
     def _error(self, e: Exception):
         return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(str(e)))

@@ -194,6 +194,8 @@ def prepare(sources: Sequence[Source], form: Form, opts: ServeOptions, log=lambd
                     record["runtime_backend"] = opts.python_backend
             io = model_io(onnx, b.manifest)
             text = to_pbtxt(build_config(s.name, form, io, opts, model_file))
+            if schema_version():
+                check_schema(text, f"{s.name}/{CONFIG}")
             log(f"{s.name}: {b.method} bundle {s.path} -> {form.value} ({model_file})")
             out.append(Prepared(s, b, form, io, text, files, record))
         return out

@@ -213,13 +213,20 @@ class TritonServer:
         try:
             backend_dir = self._backend_dir(facts)
             env = self._env(facts)
-            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-            self.log_path = self.workdir / "tritonserver.log"
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=env, cwd=self.workdir,
-                                             preexec_fn=_preexec if sys.platform.startswith("linux") else None)
-            self._wait_ready(timeout)
+            for attempt in range(3):
+                # A port picked free can be taken by someone else before Triton binds it: pick again.
+                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+                self.log_path = self.workdir / f"tritonserver{attempt}.log"
+                with open(self.log_path, "wb") as log:
+                    self.proc = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, env=env, cwd=self.workdir,
+                                                 preexec_fn=_preexec if sys.platform.startswith("linux") else None)
+                try:
+                    self._wait_ready(timeout)
+                    break
+                except ServingError:
+                    if self.proc.poll() is None or "already in use" not in self.log_text() or attempt == 2:
+                        raise
         except BaseException:
             self.stop()
             raise
