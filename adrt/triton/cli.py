@@ -56,7 +56,10 @@ def triton_cmd(bundles, out, form, precision, max_batch, dynamic_batching, prefe
     rows = check_repository(out)
     for r in rows:
         click.echo(f"{out}/{r['model']}/{r['version']}  {r['form']}  {r['method']}  checksums ok")
-    click.echo(f"configs: {'checked against ' + record['schema'] + ' ModelConfig' if record['schema'] else 'not checked against Triton schema (pip install adrt[triton])'}")
+    if record["schema"]:
+        click.echo(f"configs: checked against {record['schema']} ModelConfig")
+    else:
+        click.echo("configs: not checked against Triton's schema (pip install 'adrt[triton]')")
 
 
 @click.command("triton-check")
