@@ -30,9 +30,9 @@ from typing import Sequence
 from adrt._version import __version__
 from adrt.errors import BundleError, InputError, ServingError
 from adrt.runtime.bundle import MANIFEST, Bundle, open_bundle, read_manifest, sha256_file, verify_files
-from adrt.runtime.tensorrt import plan_tag
 from adrt.triton.config import (Form, ModelIO, ServeOptions, Tensor, build_config, check_model_name, check_schema,
                                 model_io, schema_version, to_pbtxt)
+from adrt.triton.engines import check_profile, choose_engines
 
 REPO_RECORD = "adrt-triton-repository.json"
 VERSION_RECORD = "adrt-triton.json"
@@ -107,59 +107,7 @@ def parse_sources(items: Sequence[str]) -> list[Source]:
     return out
 
 
-# --- choosing what to serve -------------------------------------------------------------------
-
-def engine_target(record: dict) -> str:
-    """A plan record's target: its tag without the precision (``nvidia-h200-sm90-trt10.3.0``)."""
-    cc = str(record.get("compute_capability", "0.0")).split(".")
-    tag = plan_tag(str(record.get("gpu", "")), (int(cc[0]), int(cc[1]) if len(cc) > 1 else 0),
-                   str(record.get("tensorrt", "")), str(record.get("precision", "")))
-    return tag[: -len(str(record.get("precision", ""))) - 1]
-
-
-def choose_engines(bundles: dict, precision: str, target: str | None) -> tuple[str, dict]:
-    """The target and, per model name, the manifest's engine record of ``precision`` built for it.
-
-    One Triton server runs on one kind of GPU with one TensorRT, so every model of a repository is
-    served from plans of the same target: mixing them is refused.
-    """
-    have = {}
-    for name, b in bundles.items():
-        recs = {engine_target(r): r for r in (b.manifest.get("engines") or {}).values() if r.get("precision") == precision}
-        if not recs:
-            listed = ", ".join(sorted(b.manifest.get("engines") or {})) or "none"
-            raise BundleError(f"{b.root}: no {precision} TensorRT engine to serve as {name!r} (engines: {listed}); "
-                              f"build one on the serving GPU: adrt build-engine BUNDLE --precision {precision}")
-        have[name] = recs
-    if target is None:
-        common = set.intersection(*(set(r) for r in have.values()))
-        if len(common) != 1:
-            listed = "; ".join(f"{n}: {', '.join(sorted(r))}" for n, r in have.items())
-            why = "no target common to all bundles" if not common else "more than one target in every bundle"
-            raise BundleError(f"{why} ({listed}); one Triton server runs one GPU type and TensorRT version, so "
-                              f"mixing engine tags is refused: pick one with --target")
-        target = common.pop()
-    chosen = {}
-    for name, recs in have.items():
-        if target not in recs:
-            raise BundleError(f"{bundles[name].root}: no {precision} engine for target {target!r} to serve as "
-                              f"{name!r} (it has: {', '.join(sorted(recs))}); mixing engine tags is refused")
-        chosen[name] = recs[target]
-    return target, chosen
-
-
-def _check_profile(name: str, rec: dict, max_batch: int) -> None:
-    prof = rec.get("profile") or {}
-    lo, hi = (prof.get("min") or [None])[0], (prof.get("max") or [None])[0]
-    if lo is None or hi is None:
-        raise BundleError(f"engine {rec.get('file')} of {name!r}: its manifest record has no batch profile")
-    if int(lo) != 1:
-        raise BundleError(f"engine {rec.get('file')} of {name!r}: profile starts at batch {lo}, but Triton sends "
-                          f"batches of 1..max_batch_size; rebuild it with --min-batch 1")
-    if max_batch > int(hi):
-        raise InputError(f"--max-batch {max_batch} exceeds the largest batch of engine {rec.get('file')} of "
-                         f"{name!r} ({hi}); lower --max-batch or rebuild with adrt build-engine --max-batch {max_batch}")
-
+# --- preparing ----------------------------------------------------------------------------------
 
 def prepare(sources: Sequence[Source], form: Form, opts: ServeOptions, log=lambda m: None) -> list[Prepared]:
     """Open and verify every bundle and build its config; nothing is written."""
@@ -179,7 +127,7 @@ def prepare(sources: Sequence[Source], form: Form, opts: ServeOptions, log=lambd
                       "precision": opts.precision}
             if form is Form.TENSORRT:
                 rec = engines[s.name]
-                _check_profile(s.name, rec, opts.max_batch)
+                check_profile(s.name, rec, opts.max_batch)
                 onnx = b.root / rec["onnx"] if rec.get("onnx") else b.model_path(opts.precision)
                 files = {"model.plan": rec["file"]}
                 record.update(engine=rec["file"], target=target, gpu=rec.get("gpu"), tensorrt=rec.get("tensorrt"))
