@@ -27,6 +27,9 @@ _COMMANDS = {
     "methods": ("adrt.train.cli", "methods", "List registered methods and their options."),
     "demo": ("adrt.train.cli", "demo", "The whole path on a generated dataset: train, export, eval, infer, bench."),
     "build-capi": ("adrt.runtime.capi.build", "build_capi", "Build the C API (libadrt + adrt.h) and its example program."),
+    "triton": ("adrt.triton.cli", "triton_cmd", "Write a Triton Inference Server model repository from bundles."),
+    "triton-check": ("adrt.triton.cli", "triton_check_cmd", "Verify a Triton repository written by adrt (schema, checksums)."),
+    "train-many": ("adrt.cluster.cli", "train_many_cmd", "Train many products (a config or a folder of categories) as Ray tasks."),
 }
 
 #: What to run for the commands that need the training dependencies, from a source checkout

@@ -32,3 +32,7 @@ class OutputError(AdrtError):
 
 class ClosedError(AdrtError):
     """A Session (or C handle) used after it was closed."""
+
+
+class ServingError(AdrtError):
+    """A Triton model repository, model configuration or server that cannot be used as asked."""
