@@ -30,6 +30,9 @@ MANIFEST = "manifest.json"
 # --- the fused graph ---------------------------------------------------------------------------
 
 INPUT_NAME = "image"
+#: The second uint8 input of methods that compare a frame with a golden reference (same shape).
+REFERENCE_NAME = "reference"
+INPUT_NAMES = (INPUT_NAME, REFERENCE_NAME)
 OUTPUT_NAMES = ("anomaly_map", "score", "raw_map", "raw_score")
 #: Output name -> its dimensions after the batch: maps are H×W, scores scalars.
 OUTPUT_DIMS = {"anomaly_map": ("height", "width"), "score": (), "raw_map": ("height", "width"), "raw_score": ()}
@@ -410,12 +413,13 @@ def check_graph_io(inputs, outputs, spec: InputSpec, what: str) -> None:
     """
     expect_in = (spec.height, spec.width, spec.channels)
     names = [n for n, _, _ in inputs]
-    if names != [INPUT_NAME]:
-        raise BundleError(f"{what}: graph inputs {names}; expected one input {INPUT_NAME!r}")
-    _, dtype, shape = inputs[0]
-    if dtype != "uint8" or not _shape_fits(shape, expect_in):
-        raise BundleError(f"{what}: input {INPUT_NAME!r} is {dtype} {_fmt(shape)}; the manifest says "
-                          f"uint8 N×{'×'.join(map(str, expect_in))}")
+    if names not in ([INPUT_NAME], list(INPUT_NAMES)):
+        raise BundleError(f"{what}: graph inputs {names}; expected {INPUT_NAME!r}, optionally followed by "
+                          f"{REFERENCE_NAME!r}")
+    for name, dtype, shape in inputs:
+        if dtype != "uint8" or not _shape_fits(shape, expect_in):
+            raise BundleError(f"{what}: input {name!r} is {dtype} {_fmt(shape)}; the manifest says "
+                              f"uint8 N×{'×'.join(map(str, expect_in))}")
     got = {n: (t, s) for n, t, s in outputs}
     if sorted(got) != sorted(OUTPUT_NAMES):
         raise BundleError(f"{what}: graph outputs {sorted(got)}; expected {list(OUTPUT_NAMES)}")

@@ -198,8 +198,9 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(tmp_path, bundle):
     # A bundle whose files fail their checksums is refused before anything is written.
     bad = tmp_path / "bad"
     shutil.copytree(bundle, bad)
-    with open(bad / "model.onnx", "ab") as f:
-        f.write(b"\0")
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF      # same size, so the checksum is what catches it
+    (bad / "model.onnx").write_bytes(bytes(data))
     r = cli("triton", bad, "--out", out)
     assert r.exit_code == 1 and "checksum mismatch" in r.output
     assert not out.exists() and not list(tmp_path.glob(".repo.*"))
