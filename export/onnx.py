@@ -54,7 +54,42 @@ def export_onnx(detector: Detector, path: str | os.PathLike, batch: int = 2, ops
             opset_version=opset, dynamo=True, external_data=False, verbose=False,
         )
         program.save(str(path), external_data=False)
+    import onnx
+
+    model = onnx.load(str(path))
+    take_shapes_from_cast(model)
+    onnx.save(model, str(path))
     return Path(path)
+
+
+def take_shapes_from_cast(model) -> int:
+    """Let the Cast of the uint8 input be its only consumer: Shape nodes that read the input (the
+    exporter takes the symbolic batch size from it) read the Cast's output instead, which has the
+    same shape. TensorRT takes uint8 only as a network input consumed by a Cast. Returns the
+    number of rewired nodes; raises AdrtError when the input has no Cast consumer to read from.
+    """
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    rewired = 0
+    for inp in (i for i in g.input if i.name not in inits):
+        if inp.type.tensor_type.elem_type != 2:          # onnx.TensorProto.UINT8
+            continue
+        users = [n for n in g.node if inp.name in n.input]
+        casts = [n for n in users if n.op_type == "Cast"]
+        shapes = [n for n in users if n.op_type == "Shape"]
+        if not shapes:
+            continue
+        if len(casts) != 1:
+            raise AdrtError(f"graph input {inp.name!r}: expected one Cast to read its shape from, found {len(casts)}")
+        cast = casts[0]
+        for n in shapes:
+            n.input[0] = cast.output[0]
+            rewired += 1
+        # Topological order: the Cast (it reads only the graph input) goes first.
+        nodes = [cast] + [n for n in g.node if n is not cast]
+        del g.node[:]
+        g.node.extend(nodes)
+    return rewired
 
 
 def parity(detector: Detector, onnx_path: Path, images: np.ndarray) -> dict:
