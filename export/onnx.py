@@ -58,6 +58,14 @@ def export_onnx(detector: Detector, path: str | os.PathLike, batch: int = 2, ops
 
     model = onnx.load(str(path))
     take_shapes_from_cast(model)
+    written = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if written != opset:
+        # torch's exporter keeps opset 18 when the version converter fails (Pad): convert it ourselves.
+        from adrt.export.trt86 import OPSET as TRT86_OPSET, to_trt86
+
+        if opset != TRT86_OPSET or written < opset:
+            raise AdrtError(f"the exporter wrote opset {written} where opset {opset} was asked for")
+        model, _ = to_trt86(model)
     onnx.save(model, str(path))
     return Path(path)
 
@@ -161,7 +169,7 @@ def export_bundle(detector: Detector, meta: dict, out: str | os.PathLike, *, sam
                 "python": platform.python_version(), "parity": report,
                 "parity_tolerance": {"normalised_atol": ATOL_NORMALISED, "raw_rtol": RTOL_RAW},
             },
-            "models": {"fp32": {"file": "model.onnx", "precision": "fp32"}},
+            "models": {"fp32": {"file": "model.onnx", "precision": "fp32", "opset": OPSET}},
             "files": {"model.onnx": {}},
         }
         write_manifest(tmp, manifest)

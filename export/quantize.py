@@ -851,7 +851,8 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
             q8 = int8_region(model)
             reduced = q8[search["float_prefix_nodes"] : len(q8) - search["float_suffix_nodes"]]
         ops = INT8_OP_TYPES if precision is Precision.INT8 else None
-        entry = {"file": name, "precision": precision.value, **describe_region(model, reduced, ops),
+        opset = next(o.version for o in variant.opset_import if o.domain in ("", "ai.onnx"))
+        entry = {"file": name, "precision": precision.value, "opset": opset, **describe_region(model, reduced, ops),
                  "parity_vs_fp32": parity}
         if precision is Precision.FP16:
             entry["parity_tolerance"] = {"raw_score_median_rel": FP16_MAX_MEDIAN_REL}
@@ -881,6 +882,11 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
     manifest["models"][precision.value] = entry
     manifest["files"][name] = {}
     write_manifest(root, manifest)
+    if precision.value + ".trt86" in manifest["models"]:
+        # Its opset-17 copy for TensorRT 8.6 was made from the model just replaced: make it again.
+        from adrt.export.trt86 import add_trt86_variants
+
+        add_trt86_variants(root, check_subset(check), keys=[precision.value], log=log)
     return root / name
 
 

@@ -196,7 +196,8 @@ def parity(a: Path, b: Path, images: np.ndarray) -> dict:
 def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=lambda m: None) -> list:
     """Add an opset-17 copy of each opset-18 model of the bundle folder ``bundle`` (``keys``: only these
     variants) as ``<variant>.trt86``, after checking it against its source on ``images`` (uint8
-    N×H×W×3; random ones by default). Replaces stale copies. Returns the new variant keys."""
+    N×H×W×3; random ones by default). A copy made from another version of its source (its
+    ``source_sha256``) is replaced. Returns the new variant keys."""
     import onnx
 
     from adrt.runtime.bundle import open_bundle, write_manifest
@@ -210,11 +211,16 @@ def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=
     if images is None:
         images = np.random.default_rng(0).integers(0, 256, (2, int(spec["height"]), int(spec["width"]),
                                                             int(spec["channels"])), dtype=np.uint8)
+    from adrt.runtime.bundle import sha256_file
+
     added = []
     for key, e in list(manifest["models"].items()):
         if key.endswith(SUFFIX) or (keys is not None and key not in keys):
             continue
         src = root / e["file"]
+        digest = sha256_file(src)
+        if (manifest["models"].get(key + SUFFIX) or {}).get("source_sha256") == digest:
+            continue        # made from this very model already
         model = onnx.load(str(src))
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         if opset <= OPSET:
@@ -235,7 +241,7 @@ def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=
             raise
         manifest["models"][key + SUFFIX] = {
             "file": name, "precision": e.get("precision", key), "opset": OPSET, "target": "tensorrt-8.6",
-            "source": key, "rewrites": rewrites, "parity_vs_source": report,
+            "source": key, "source_sha256": digest, "rewrites": rewrites, "parity_vs_source": report,
             "parity_tolerance": {"max_rel": PARITY_RTOL}}
         manifest["files"][name] = {}
         added.append(key + SUFFIX)

@@ -391,14 +391,23 @@ def fatal_count(report: dict) -> int:
 
 
 def format_report(report: dict, notes: bool = True) -> str:
+    """Text of a :func:`check_bundle` report: per target and model, every violation on its own line;
+    notes (layers that fall back to the GPU) summarised by operator, or left out with ``notes=False``."""
+    from collections import Counter
+
     lines = []
     for tgt, per in report.items():
         for key, vs in per.items():
             errors = [v for v in vs if v.fatal]
-            head = f"TensorRT {tgt}: {key}: " + (f"{len(errors)} violation(s)" if errors else "ok")
-            n_notes = len(vs) - len(errors)
-            lines.append(head + (f", {n_notes} note(s)" if n_notes else ""))
-            lines += ["  " + v.line() for v in vs if v.fatal or notes]
+            rest = [v for v in vs if not v.fatal]
+            lines.append(f"TensorRT {tgt}: {key}: " + (f"{len(errors)} violation(s)" if errors else "ok")
+                         + (f", {len(rest)} note(s)" if rest else ""))
+            lines += ["  " + v.line() for v in errors]
+            if notes and rest:
+                by_op = Counter(v.op for v in rest)
+                lines.append(f"  note: {len(rest)} layer(s) run on the GPU, not on DLA (GPU fallback): "
+                             + ", ".join(f"{op} ×{n}" for op, n in by_op.most_common())
+                             + f" [rule {rest[0].rule}; {rest[0].source}]")
     return "\n".join(lines)
 
 

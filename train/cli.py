@@ -40,7 +40,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads):
     if bundle is not None:
         from adrt.export.cli import export_run
 
-        export_run(run, bundle, data)
+        export_run(run, bundle, data, log=lambda m: click.echo(m, err=True))
         click.echo(f"bundle: {bundle}")
 
 
@@ -75,7 +75,7 @@ def demo(out, method, size):
     click.echo(f"1/5 dataset: {data}")
     run = run_train(method, data, out / "run", size=size)
     click.echo(f"2/5 trained: {run}")
-    bundle = export_run(run, out / "bundle", data)
+    bundle = export_run(run, out / "bundle", data, log=lambda m: click.echo(m, err=True))
     click.echo(f"3/5 exported: {bundle}")
     with load(bundle) as s:
         result = evaluate_session(s, data, out / "eval", overlays=6)
