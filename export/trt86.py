@@ -79,8 +79,9 @@ def to_trt86(model):
     if versions.get("", 0) <= OPSET:
         return model, {}
     g = model.graph
+    ig = onnx.shape_inference.infer_shapes(model).graph
     shapes = {v.name: [d.dim_value or None for d in v.type.tensor_type.shape.dim]
-              for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+              for v in list(ig.input) + list(ig.value_info) + list(ig.output)}
     done: dict = {}
     nodes = []
     for node in g.node:

@@ -70,6 +70,8 @@ def parse_target(value: str) -> str:
 def target_for_version(version: str) -> str:
     """The rule set for an installed TensorRT ``version`` string: 8.x → 8.6, 10.x → 10, newer → latest."""
     major = int(str(version).split(".")[0])
+    if major < 8:
+        raise InputError(f"TensorRT {version} is older than the oldest target adrt has rules for (8.6)")
     return "8.6" if major < 10 else "10" if major == 10 else "latest"
 
 
@@ -307,6 +309,9 @@ def _check_dla(model, g, t, precision, profile, gpu_fallback, add) -> None:
         dims = g.shapes.get(inp.name, [])[1:]
         if any(d and d > R.DLA_MAX_DIM for d in dims):
             add("dla-shape", "graph", "-", f"input {inp.name!r} dimensions {dims} exceed {R.DLA_MAX_DIM}")
+    if t.key == "latest":
+        add("dla-version", "graph", "-", f"TensorRT {t.tensorrt} has no DLA (10.7 was the last 10.x release with "
+                                         "DLA); build DLA engines with TensorRT 8.6 or 10.0-10.7")
     if not t.dla_explicit_quantization and any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
                                                for n in model.graph.node):
         add("dla-qdq", "graph", "-", f"a Q/DQ (explicitly quantised) graph; TensorRT {t.tensorrt} DLA takes none")

@@ -96,7 +96,12 @@ RULES = {r.id: r for r in (
     Rule("dla-shape", "DLA: static shapes (profile min = opt = max), batch ≤ 4096, other dimensions ≤ 8192",
          _all(_DLA + " (General Restrictions)")),
     Rule("dla-layer", "the layer is in DLA's layer support summary, within its limits (else it needs GPU fallback)",
-         _all(_DLA + " (Table: DLA Layer Support Summary)")),
+         _all(_DLA + " (Table: DLA Layer Support Summary); TensorRT API, IPoolingLayer ('DLA only supports kMAX "
+                     "and kAVERAGE pooling types')")),
+    Rule("dla-version", "the TensorRT version has DLA (8.x, 10.0-10.7; NVIDIA: 10.7 was the last 10.x release "
+         "with DLA, and 11.0-11.4.0 have none on JetPack)",
+         _all("TensorRT 11.4.1 docs, Working with DLA (docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/"
+              "work-with-dla.html)")),
     Rule("dla-qdq", "TensorRT 8.x DLA takes no explicit quantization (Q/DQ) graphs",
          {"*": "TensorRT 8.x Developer Guide, Working with DLA ('DLA does not support Explicit Quantization'; "
                "developer.nvidia.com/zh-cn/blog/tensorrt-deep-learning-accelerator-cn)"}),
