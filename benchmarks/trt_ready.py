@@ -17,7 +17,7 @@ Then, per method × precision:
   scores and raw maps, absolute and relative to their range; and of each opset-17 copy against its
   opset-18 source (as recorded at export);
 - ONNX Runtime CPU latency old vs new: batch 1, one intra-op thread, the two graphs interleaved over
-  ``--rounds`` rounds; medians of wall time and of the thread's CPU time (less sensitive to other
+  ``--rounds`` rounds; medians of wall time and of the process's CPU time (less sensitive to other
   jobs on the machine), ratio new / old.
 
     python benchmarks/trt_ready.py                        # train, export (old and new), check, time
@@ -107,7 +107,9 @@ def export_new(run: Path, out: Path, data: Path) -> dict:
 
 def export_old(python: str, run: Path, out: Path, data: Path) -> dict:
     args = json.dumps({"run": str(run), "out": str(out), "data": str(data)})
-    r = subprocess.run([python, "-c", OLD_EXPORT, args], capture_output=True, text=True,
+    # cwd "/": `python -c` puts the working directory first on sys.path, and adrt imports a source
+    # checkout it finds there; the old Python must import its own.
+    r = subprocess.run([python, "-c", OLD_EXPORT, args], capture_output=True, text=True, cwd="/",
                        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     if r.returncode != 0:
         raise RuntimeError(f"old export of {run.name} failed:\n{r.stderr[-2000:]}")
@@ -116,7 +118,7 @@ def export_old(python: str, run: Path, out: Path, data: Path) -> dict:
 
 def old_commit(python: str) -> dict:
     code = "import adrt, pathlib; print(pathlib.Path(adrt.__file__).resolve().parents[1])"
-    src = subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.strip()
+    src = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd="/").stdout.strip()
     commit = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {"python": python, "source": src, "commit": commit}
 
@@ -174,9 +176,9 @@ def latency(old: Path, new: Path, size: int, rounds: int, runs: int) -> dict:
     for r in range(rounds):
         for k in (("old", "new") if r % 2 == 0 else ("new", "old")):
             for _ in range(runs):
-                t0, c0 = time.perf_counter(), time.thread_time()
+                t0, c0 = time.perf_counter(), time.process_time()
                 sess[k].run(None, {"image": x})
-                cpu[k].append(time.thread_time() - c0)
+                cpu[k].append(time.process_time() - c0)
                 wall[k].append(time.perf_counter() - t0)
     res = {f"{k}_{what}_ms": float(np.median(v[k]) * 1e3) for what, v in (("wall", wall), ("cpu", cpu)) for k in sess}
     res["ratio_wall"] = res["new_wall_ms"] / res["old_wall_ms"]
@@ -227,8 +229,8 @@ def to_markdown(report: dict) -> str:
                             f"raw {copy['raw_max_rel']:.1e}, calibrated {copy['normalised_max_abs']:.1e} |"))
     lines += ["", "## ONNX Runtime CPU latency, old vs new graph (timing-sensitive)", "",
               f"Batch 1, 1 intra-op thread, {report['rounds']} interleaved rounds × {report['runs']} runs per graph; "
-              "medians. CPU time is the calling thread's (ONNX Runtime runs a 1-thread session on it), less "
-              "sensitive to other jobs than wall time.", "",
+              "medians. CPU time is the process's (all its threads), which leaves out the time spent waiting for "
+              "a core while other jobs run: less sensitive to them than wall time.", "",
               "| method (size) | precision | old ms | new ms | new/old wall | old CPU ms | new CPU ms | new/old CPU |",
               "|---|---|---|---|---|---|---|---|"]
     for m, r in report["methods"].items():
@@ -272,11 +274,13 @@ def main(argv=None) -> int:
     for m in methods:
         run = setup["runs"][m]
         old_b, new_b = args.work / "old" / m, args.work / "new" / m
-        errs_path = args.work / f"{m}_export_errors.json"
-        if not (args.reuse and old_b.exists() and new_b.exists() and errs_path.exists()):
-            errs = {"old": export_old(args.old_python, run, old_b, data), "new": export_new(run, new_b, data)}
-            errs_path.write_text(json.dumps(errs))
-        errs = json.loads(errs_path.read_text())
+        errs = {}
+        for side, b in (("old", old_b), ("new", new_b)):
+            path = args.work / f"{m}_{side}_export_errors.json"
+            if not (args.reuse and b.exists() and path.exists()):
+                e = export_old(args.old_python, run, b, data) if side == "old" else export_new(run, b, data)
+                path.write_text(json.dumps(e))
+            errs[side] = json.loads(path.read_text())
         om = json.loads((old_b / "manifest.json").read_text())["models"]
         nm = json.loads((new_b / "manifest.json").read_text())["models"]
         images = test_images(data, SIZES[m])

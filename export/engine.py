@@ -328,7 +328,7 @@ def build_into_bundle(bundle: str | os.PathLike, precision: str = "fp16", profil
     """Build a plan for this GPU from ``bundle``'s model of ``precision`` and store it in the bundle
     (``engines/<gpu>-sm<cc>-trt<version>-<precision>[-dla<core>].plan``, recorded in the manifest with
     its sha256). Replaces a plan with the same tag. Nothing is left in the bundle if any step fails
-    (an opset-17 copy made for TensorRT 8.x stays: it is checked and recorded on its own).
+    (neither the plan nor an opset-17 copy made or renewed for this build).
 
     ``timing_cache``: True for the default per-device cache file, a path, or None/False for none.
     ``conformance``: refuse a graph that breaks the installed TensorRT's parser rules before parsing.
@@ -346,17 +346,28 @@ def build_into_bundle(bundle: str | os.PathLike, precision: str = "fp16", profil
     version = str(trt.__version__)
     if dla is not None:
         check_dla_request(dla, precision, profile, version)
-    manifest_before = (b.root / "manifest.json").read_bytes()
+    # What model_for may change (an opset-17 copy made or renewed for TensorRT 8.x), to undo it if
+    # the build fails: nothing is left of a failed build.
+    saved = {p: p.read_bytes() if p.is_file() else None for p in
+             (b.root / "manifest.json", b.root / _trt86_file(b, precision))}
     key, entry = model_for(b, precision, trt_major(trt), log)
-    made = key != MODEL_FOR[precision] and (b.root / "manifest.json").read_bytes() != manifest_before
     try:
         return _build_checked(b, precision, profile, workspace_mib, timing_cache, device, check, trt, cuda, log, dla,
                               keep_failed, conformance, key, entry)
     except BaseException:
-        if made:    # the opset-17 copy made for this build goes too: nothing is left of a failed build
-            (b.root / entry["file"]).unlink(missing_ok=True)
-            (b.root / "manifest.json").write_bytes(manifest_before)
+        for p, data in saved.items():
+            if data is None:
+                p.unlink(missing_ok=True)
+            elif not p.is_file() or p.read_bytes() != data:
+                p.write_bytes(data)
         raise
+
+
+def _trt86_file(b, precision: str) -> str:
+    from adrt.export.trt86 import variant_file   # (imports no onnx)
+
+    entry = b.manifest["models"].get(MODEL_FOR[precision])
+    return variant_file(entry["file"]) if entry else "model.none.trt86.onnx"
 
 
 def _build_checked(b, precision, profile, workspace_mib, timing_cache, device, check, trt, cuda, log, dla,

@@ -259,3 +259,14 @@ def test_cli_check_lists_violations_and_exits_1(runs, tmp_path):
     doc = json.loads(r.output)
     assert {"dla-precision", "dla-layer"} <= {v["rule"] for v in doc["10"]["fp32"]}
     assert all(v["node"] and v["op"] and v["source"] for v in doc["10"]["fp32"])
+
+
+def test_check_and_build_engine_modules_need_no_torch():
+    """They run where build-engine runs (a runtime install with TensorRT and onnx, e.g. a Jetson)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport adrt.export.trt_check, adrt.export.trt86, adrt.export.engine, adrt.export.cli\n"
+            "from adrt.export.trt_check import check_model\n"
+            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
