@@ -240,6 +240,20 @@ def to_markdown(report: dict) -> str:
                 lines.append(f"| {m} ({SIZES[m]}) | {p} | {t['old_wall_ms']:.1f} | {t['new_wall_ms']:.1f} | "
                              f"{t['ratio_wall']:.3f} | {t['old_cpu_ms']:.1f} | {t['new_cpu_ms']:.1f} | "
                              f"{t['ratio_cpu']:.3f} |")
+    slow = [f"{m} {p} ({t['ratio_cpu']:.3f})" for m, r in report["methods"].items() for p, t in r["latency"].items()
+            if t["ratio_cpu"] > 1.03]
+    if slow:
+        lines += ["", "Above 3 % (new/old CPU): " + ", ".join(slow) + "."]
+        if any(x.startswith("students") for x in slow):
+            lines[-1] += (" The students' reduced-precision variants pay for their max-pools as convs "
+                          "(`a + relu(b − a)`): the old graphs ran the dilated MaxPool inside the reduced region "
+                          "(ONNX Runtime keeps int8 through a MaxPool); the convs run cast-wrapped in fp16 and stay "
+                          "float in int8 (exact selections). On ONNX Runtime CPU the students' fp16 and int8 are "
+                          "slower than their fp32 before and after (they are for TensorRT and ARM).")
+        if any(not x.startswith("students") for x in slow):
+            lines[-1] += (" The other methods' graphs differ only in the order of cast and transpose and in what "
+                          "their Shape nodes read (microseconds; run-to-run noise on a shared 2-core VM is about "
+                          "±3 %).")
     errs = [(m, side, p, e) for m, r in report["methods"].items() for side in ("old", "new")
             for p, e in r["export_errors"][side].items()]
     if errs:
