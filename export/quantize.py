@@ -26,8 +26,11 @@ for every registered method:
 - upsampling, the Gaussian blur (GEMMs, or separable 1-channel convs: :func:`map_filters`) and the
   calibration sigmoid, which turn small raw differences into the 0.5 threshold crossing.
 
-INT8 keeps three more parts float:
+INT8 keeps four more parts float:
 
+- exact selections (:func:`selection_convs`): the depthwise two-tap convs that compute the students'
+  dilated max-pools as ``a + relu(b − a)`` (TensorRT pools without dilation); int8 would round the
+  maximum;
 - the *compared* layers (:func:`compared_layers`): the last convs whose output is subtracted from the
   input or from another network's output (the decoder's output layer; the teachers', students' and
   autoencoder's output convs): their weights and arithmetic stay float, since int8 error there is
@@ -865,6 +868,9 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
                 entry["float_parts"] += (f"; {len(search['float_compared_layers'])} compared output layers (convs whose "
                                          "output is subtracted from the input or another network's output): "
                                          "float weights and arithmetic")
+            n_sel = len(selection_convs(model))
+            if n_sel:
+                entry["float_parts"] += (f"; {n_sel} selection convs (the max-pools as a + relu(b − a)): float")
             if search.get("float_addressing_layers"):
                 entry["float_parts"] += (f"; {len(search['float_addressing_layers'])} layers that address a memory "
                                          "(upstream of the attention the network reads): float")

@@ -183,6 +183,11 @@ def test_dla_rules():
     assert not _rules(m16, "10", dla=True, precision="fp16", profile=(1, 1, 1), gpu_fallback=True)
     assert ("dla-shape", "graph") in _rules(m16, "10", dla=True, precision="fp16", profile=(1, 2, 4),
                                              gpu_fallback=True)
+    # 10.15 (latest) has no DLA: 10.7 was the last 10.x release with it.
+    assert ("dla-version", "graph") in _rules(m16, "latest", dla=True, precision="fp16", profile=(1, 1, 1),
+                                               gpu_fallback=True)
+    assert ("dla-version", "graph") not in _rules(m16, "8.6", dla=True, precision="fp16", profile=(1, 1, 1),
+                                                   gpu_fallback=True)
     m32 = _model([conv], [_x((1, 3, 8, 8))], [_vi("c", F32, None)], [w])
     assert ("dla-precision", "graph") in _rules(m32, "10", dla=True, precision="fp32", gpu_fallback=True)
     wide = _model([helper.make_node("Cast", ["x"], ["xh"], to=TP.FLOAT16, name="to16"),
@@ -197,6 +202,14 @@ def test_dla_rules():
                                           gpu_fallback=True)
     assert ("dla-qdq", "graph") not in _rules(qdq, "10", dla=True, precision="int8", profile=(1, 1, 1),
                                               gpu_fallback=True)
+
+
+def test_every_rule_has_a_graph_here_that_breaks_it():
+    import inspect
+    import sys
+
+    text = inspect.getsource(sys.modules[__name__])
+    assert all(f'"{rule}"' in text for rule in RULES if rule != "op-support") and "op-support" in text
 
 
 def test_every_violation_names_node_op_rule_and_source():
