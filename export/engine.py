@@ -43,6 +43,7 @@ import numpy as np
 
 from adrt._version import __version__
 from adrt.errors import BackendError, BundleError, InputError
+from adrt.export.dla import DlaOptions, check_dla_request
 from adrt.runtime.bundle import open_bundle, write_manifest
 from adrt.runtime.tensorrt import (INPUT, TensorRTBackend, import_tensorrt, make_logger, open_cuda, plan_tag,
                                    trt_major)
@@ -58,36 +59,6 @@ MIN_CAPABILITY = {"fp16": (5, 3), "int8": (6, 1)}
 PARITY_TOLERANCE = {"fp32": {"raw_rtol": 1e-3, "normalised_atol": 1e-3},
                     "fp16": {"raw_rtol": 2e-2, "normalised_atol": 2e-2},
                     "int8": {"raw_rtol": 5e-2, "normalised_atol": 5e-2}}
-# TensorRT versions with DLA on Jetson: 8.x and 10.0-10.7 (NVIDIA, TensorRT 11.4.1 "Working with DLA":
-# "TensorRT 10.7 was the last 10.x release that supported DLA"; none in 11.0-11.4.0 on JetPack).
-DLA_LAST_10X = (10, 7)
-
-
-@dataclass(frozen=True)
-class DlaOptions:
-    """Build for DLA core ``core``; ``gpu_fallback``: layers DLA cannot run go to the GPU."""
-
-    core: int
-    gpu_fallback: bool = False
-
-    def __post_init__(self):
-        if self.core < 0:
-            raise InputError(f"DLA core must be 0 or more, got {self.core}")
-
-
-def check_dla_request(dla: DlaOptions, precision: str, profile: "BatchProfile", version: str) -> None:
-    """Refuse, with the reason, what DLA cannot do: fp32, a dynamic batch, a TensorRT without DLA."""
-    if precision == "fp32":
-        raise InputError("DLA runs fp16 or int8 layers only; build --precision fp16 or --precision int8 for DLA")
-    if not profile.min == profile.opt == profile.max:
-        raise InputError(f"DLA needs a static batch (min = opt = max), got {profile.min}/{profile.opt}/{profile.max}; "
-                         f"e.g. --min-batch {profile.opt} --opt-batch {profile.opt} --max-batch {profile.opt}")
-    nums = [int(x) if x.isdigit() else 0 for x in str(version).split(".")] + [0, 0, 0]
-    if nums[0] == 9 or (nums[0] == 10 and tuple(nums[:2]) > DLA_LAST_10X) or (nums[0] == 11 and tuple(nums[:3]) < (11, 4, 1)):
-        raise BackendError(f"TensorRT {version} has no DLA on Jetson (NVIDIA: 10.7 was the last 10.x release with DLA; "
-                           f"11.0-11.4.0 have none on JetPack); build with TensorRT 8.6 or 10.0-10.7")
-
-
 @dataclass(frozen=True)
 class BatchProfile:
     """TensorRT optimisation profile for the batch dimension: min ≤ opt ≤ max images."""

@@ -250,7 +250,8 @@ def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=
             "parity_tolerance": {"raw_max_rel": PARITY_RTOL, "normalised_max_abs": PARITY_ATOL}}
         manifest["files"][name] = {}
         added.append(key + SUFFIX)
-        log(f"{name}: opset-17 copy of {e['file']} for TensorRT 8.6 ({', '.join(f'{k}: {v}' for k, v in rewrites.items()) or 'no rewrite'})")
+        done = ", ".join(f"{k}: {v}" for k, v in rewrites.items()) or "no rewrite"
+        log(f"{name}: opset-17 copy of {e['file']} for TensorRT 8.6 ({done})")
     if added:
         write_manifest(root, manifest)
     b.cleanup()
