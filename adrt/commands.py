@@ -240,6 +240,7 @@ def info(bundle):
     click.echo(f"input       uint8 N×{i['height']}×{i['width']}×{i['channels']} {i['color']}, resize {i['resize']}")
     for k, v in m["models"].items():
         extra = f", int8 target {v['int8_target']}" if v.get("int8_target") else ""
+        extra += f" (opset {v['opset']}" + (f", for {v['target']}" if v.get("target") else "") + ")" if v.get("opset") else ""
         click.echo(f"model       {k}: {v['file']}{extra}" + (f"; float: {v['float_parts']}" if v.get("float_parts") else ""))
     for tag, e in sorted(m.get("engines", {}).items()):
         prof = e.get("profile", {})

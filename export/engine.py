@@ -1,35 +1,48 @@
 """`adrt build-engine`: a TensorRT plan for this GPU, built from a bundle's ONNX and stored in it.
 
 Build on the device that will run it (a plan is tied to one GPU model and one TensorRT build); the
-runtime refuses a plan made elsewhere. Torch-free and onnx-free: a runtime install plus TensorRT
-and pycuda (or cuda-python) is enough, as on a Jetson.
+runtime refuses a plan made elsewhere. Torch-free: a runtime install plus TensorRT, pycuda (or
+cuda-python) and onnx (the conformance check; the ``tensorrt`` extra) is enough, as on a Jetson.
 
 Precisions and the graph each one is built from:
 
-==========  ====================  =============================================================
-precision   graph                 TensorRT 8.6 / 10 / 11
-==========  ====================  =============================================================
-fp32        model.onnx            TF32 off, so fp32 means fp32 (parity with ONNX Runtime CPU)
-fp16        model.fp16.onnx       8.6: FP16 flag, fp32 layers pinned; 10/11: strongly typed
-int8        model.int8.onnx       explicit quantisation (QDQ); 8.6: INT8 flag; 10/11: strongly
-                                  typed. The QDQ graph must be the symmetric ``tensorrt`` target.
-==========  ====================  =============================================================
+==========  =========================  ========================================================
+precision   graph (TensorRT 10/11;     TensorRT 8.6 / 10 / 11
+            8.x: its ``.trt86`` copy)
+==========  =========================  ========================================================
+fp32        model.onnx                 TF32 off, so fp32 means fp32 (parity with ONNX Runtime CPU)
+fp16        model.fp16.onnx            8.6: FP16 flag, fp32 layers pinned; 10/11: strongly typed
+int8        model.int8.onnx            explicit quantisation (QDQ); 8.6: INT8 flag; 10/11: strongly
+                                       typed. The QDQ graph must be the symmetric ``tensorrt`` target.
+==========  =========================  ========================================================
 
-The scoring tail stays fp32 in every precision (see adrt.export.quantize for why).
+TensorRT 8.x builds from the opset-17 copy (``model*.trt86.onnx``, adrt.export.trt86), made here
+if the bundle lacks it. Before parsing, the graph is checked against the installed version's parser
+rules (adrt.export.trt_check): a violation is an error naming node, rule and source. After the build
+the plan is run on sample images and compared with ONNX Runtime CPU on the same graph
+(:func:`engine_parity`): every output's name, shape and dtype, NaN where ONNX Runtime has NaN, and
+values within :data:`PARITY_TOLERANCE` — raw outputs relative to their range, calibrated outputs
+absolute (fp32 1e-3 / 1e-3; fp16 2e-2 / 2e-2; int8 5e-2 / 5e-2: reduced-precision kernels round
+differently from ONNX Runtime's float emulation of the same graph). A plan outside them is not
+stored (``keep_failed`` stores it and records the failure in the manifest).
+
+DLA (``dla_core``; Jetson Orin NX/AGX): fp16 or int8 only, a static batch (min = opt = max),
+TensorRT 8.x or 10.0–10.7 (NVIDIA: 10.7 was the last 10.x release with DLA; 11.0–11.4.0 have none on
+JetPack). Layers DLA cannot run fail the build unless ``gpu_fallback``. The scoring tail stays fp32
+in every precision (see adrt.export.quantize for why), so on DLA it runs on the GPU.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
 from adrt._version import __version__
 from adrt.errors import BackendError, BundleError, InputError
+from adrt.export.dla import DlaOptions, check_dla_request
 from adrt.outputs import write_bytes_atomic
 from adrt.runtime.bundle import open_bundle, write_manifest
 from adrt.runtime.tensorrt import (INPUT, TensorRTBackend, import_tensorrt, make_logger, open_cuda, plan_tag,
@@ -40,11 +53,12 @@ MODEL_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}   # precision -> bu
 # Lowest compute capability with fast arithmetic of each precision (used where TensorRT has no
 # platform_has_fast_* query any more, i.e. 11.x).
 MIN_CAPABILITY = {"fp16": (5, 3), "int8": (6, 1)}
-# Engine vs ONNX Runtime CPU on the same graph variant, checked after every build. Raw outputs
-# relative to their scale; fp16/int8 kernels differ from ORT's float emulation of them.
-PARITY_RTOL = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2}
-
-
+# Engine vs ONNX Runtime CPU on the same graph variant, checked after every build: raw outputs
+# (raw_map, raw_score) by max |Δ| relative to their range, calibrated outputs (anomaly_map, score,
+# in [0, 1]) by max |Δ|. fp16/int8 kernels round differently from ONNX Runtime's emulation of them.
+PARITY_TOLERANCE = {"fp32": {"raw_rtol": 1e-3, "normalised_atol": 1e-3},
+                    "fp16": {"raw_rtol": 2e-2, "normalised_atol": 2e-2},
+                    "int8": {"raw_rtol": 5e-2, "normalised_atol": 5e-2}}
 @dataclass(frozen=True)
 class BatchProfile:
     """TensorRT optimisation profile for the batch dimension: min ≤ opt ≤ max images."""
@@ -107,11 +121,13 @@ def _pin_fp32_layers(trt, network) -> int:
 
 def build_engine(onnx_path: str | os.PathLike, precision: str, profile: BatchProfile, height: int, width: int,
                  channels: int = 3, workspace_mib: int = 1024, timing_cache: Path | None = None,
-                 device_info: tuple[str, tuple[int, int]] | None = None, trt=None) -> tuple[bytes, dict]:
+                 device_info: tuple[str, tuple[int, int]] | None = None, trt=None,
+                 dla: DlaOptions | None = None) -> tuple[bytes, dict]:
     """Build a serialised TensorRT plan from ``onnx_path``. Returns (plan bytes, build facts).
 
     ``timing_cache``: read if it exists (a cache from another device or version is ignored by
-    TensorRT's check, then rebuilt) and written back after the build.
+    TensorRT's check, then rebuilt) and written back after the build. ``dla``: build for a DLA
+    core (:func:`check_dla_request` first).
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
@@ -125,6 +141,12 @@ def build_engine(onnx_path: str | os.PathLike, precision: str, profile: BatchPro
     if builder is None:
         raise BackendError(f"TensorRT could not create a builder: {logger.errors()}")
     check_precision_supported(trt, builder, precision, cc, gpu)
+    if dla is not None:
+        check_dla_request(dla, precision, profile, str(trt.__version__))
+        cores = int(getattr(builder, "num_DLA_cores", 0))
+        if not dla.core < cores:
+            raise BackendError(f"DLA core {dla.core} does not exist: {gpu} has {cores} DLA core(s)"
+                               + (" (DLA cores are on Jetson Orin NX/AGX and Xavier)" if not cores else ""))
     network = builder.create_network(_network_flags(trt, major))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
@@ -142,6 +164,11 @@ def build_engine(onnx_path: str | os.PathLike, precision: str, profile: BatchPro
             pinned = _pin_fp32_layers(trt, network)
         elif precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
+    if dla is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla.core)
+        if dla.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     opt_profile = builder.create_optimization_profile()
     lo, opt, hi = profile.shapes(height, width, channels)
     opt_profile.set_shape(INPUT, lo, opt, hi)
@@ -172,6 +199,8 @@ def build_engine(onnx_path: str | os.PathLike, precision: str, profile: BatchPro
              "workspace_mib": int(workspace_mib), "timing_cache": cache_state, "build_seconds": round(seconds, 2)}
     if pinned:
         facts["fp32_pinned_layers"] = pinned
+    if dla is not None:
+        facts.update({"dla_core": int(dla.core), "gpu_fallback": bool(dla.gpu_fallback)})
     return plan, facts
 
 
@@ -181,7 +210,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def engine_parity(backend, onnx_path: Path, images: np.ndarray) -> dict:
-    """Max differences between the engine and ONNX Runtime CPU on the same graph."""
+    """The engine against ONNX Runtime CPU on the same graph, per output: shape and dtype (both
+    recorded), non-finite values where ONNX Runtime has them, max |Δ| and max |Δ| / range over the
+    rest. An output whose shape, dtype or NaN pattern differs, or that is missing or extra, gets a
+    ``problem``."""
     import onnxruntime as ort
 
     ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -189,20 +221,84 @@ def engine_parity(backend, onnx_path: Path, images: np.ndarray) -> dict:
     got = backend.run({INPUT: images})
     out = {}
     for name, r in want.items():
-        err = float(np.abs(got[name] - r).max())
-        out[name] = {"max_abs": err, "max_rel": err / (float(np.abs(r).max()) or 1.0)}
+        rec = {"shape": list(r.shape), "dtype": str(r.dtype)}
+        out[name] = rec
+        if name not in got:
+            rec["problem"] = "missing from the engine's outputs"
+            continue
+        g = np.asarray(got[name])
+        if g.shape != r.shape or g.dtype != r.dtype:
+            rec["problem"] = f"engine gives {g.dtype} {list(g.shape)}, ONNX Runtime {r.dtype} {list(r.shape)}"
+            continue
+        bad_r, bad_g = ~np.isfinite(r), ~np.isfinite(g)
+        if (bad_r != bad_g).any():
+            rec["problem"] = (f"{int((bad_r != bad_g).sum())} value(s) finite in one and NaN/Inf in the other "
+                              f"(ONNX Runtime {int(bad_r.sum())} non-finite, engine {int(bad_g.sum())})")
+        fin = ~bad_r & ~bad_g
+        err = float(np.abs(g[fin] - r[fin]).max()) if fin.any() else 0.0
+        scale = (float(np.abs(r[fin]).max()) if fin.any() else 0.0) or 1.0
+        rec.update({"max_abs": err, "max_rel": err / scale})
+    for name in set(got) - set(want):
+        out[name] = {"problem": "not an output of the ONNX graph"}
     return out
+
+
+def parity_failures(report: dict, precision: str) -> list:
+    """What breaks :data:`PARITY_TOLERANCE` in an :func:`engine_parity` report, one line each."""
+    tol = PARITY_TOLERANCE[precision]
+    bad = []
+    for name, r in report.items():
+        if "problem" in r:
+            bad.append(f"{name}: {r['problem']}")
+        elif name.startswith("raw") and r["max_rel"] > tol["raw_rtol"]:
+            bad.append(f"{name}: max |Δ| {r['max_rel']:.2e} of its range > {tol['raw_rtol']:g}")
+        elif not name.startswith("raw") and r["max_abs"] > tol["normalised_atol"]:
+            bad.append(f"{name}: max |Δ| {r['max_abs']:.2e} > {tol['normalised_atol']:g}")
+    return bad
+
+
+def model_for(b, precision: str, major: int, log=lambda m: None) -> tuple:
+    """(variant key, entry) of the bundle model a ``precision`` engine is built from with TensorRT
+    ``major``: 8.x takes the opset-17 copy (made now, with its parity check, if missing or stale)."""
+    variant = MODEL_FOR[precision]
+    models = b.manifest["models"]
+    if variant not in models:
+        hint = ("adrt export RUN --out BUNDLE --precision int8 --calib DIR" if variant == "int8"
+                else f"adrt export RUN --out BUNDLE --precision {variant}")
+        raise BundleError(f"{b.root}: a {precision} engine is built from the bundle's {variant} model, which it lacks "
+                          f"(it has: {', '.join(k for k in models if not k.endswith('.trt86'))}); make one with: {hint}")
+    entry = models[variant]
+    if precision == "int8" and entry.get("int8_target", "tensorrt") != "tensorrt":
+        raise BundleError(f"{b.root}: its int8 model was quantised for {entry.get('int8_target')!r} (uint8 asymmetric "
+                          f"activations), which TensorRT does not take; re-export with --int8-target tensorrt")
+    if major >= 10:
+        return variant, entry
+    from adrt.export.trt86 import SUFFIX, add_trt86_variants
+    from adrt.export.trt_check import import_onnx
+    from adrt.runtime.bundle import read_manifest
+
+    import_onnx()       # a clear error naming the extra where onnx is missing
+    if add_trt86_variants(b.root, keys=[variant], log=log):
+        log(f"TensorRT 8.x parses opsets up to 17: made {variant}{SUFFIX} from {entry['file']} (checked on ONNX Runtime)")
+        b.manifest = read_manifest(b.root)
+    key = variant + SUFFIX
+    return key, b.manifest["models"][key]
 
 
 def build_into_bundle(bundle: str | os.PathLike, precision: str = "fp16", profile: BatchProfile = BatchProfile(),
                       workspace_mib: int = 1024, timing_cache: Path | None | bool = True, device: int = 0,
-                      check: bool = True, trt=None, cuda=None, log=lambda m: None) -> dict:
+                      check: bool = True, trt=None, cuda=None, log=lambda m: None, dla: DlaOptions | None = None,
+                      keep_failed: bool = False, conformance: bool = True) -> dict:
     """Build a plan for this GPU from ``bundle``'s model of ``precision`` and store it in the bundle
-    (``engines/<gpu>-sm<cc>-trt<version>-<precision>.plan``, recorded in the manifest with its
-    sha256). Replaces a plan with the same tag. Nothing is left in the bundle if any step fails.
+    (``engines/<gpu>-sm<cc>-trt<version>-<precision>[-dla<core>].plan``, recorded in the manifest with
+    its sha256). Replaces a plan with the same tag. Nothing is left in the bundle if any step fails
+    (neither the plan nor an opset-17 copy made or renewed for this build).
 
     ``timing_cache``: True for the default per-device cache file, a path, or None/False for none.
-    ``check``: run the new engine on sample images and compare with ONNX Runtime CPU.
+    ``conformance``: refuse a graph that breaks the installed TensorRT's parser rules before parsing.
+    ``check``: run the new engine on sample images against ONNX Runtime CPU (:func:`engine_parity`);
+    a plan outside :data:`PARITY_TOLERANCE` raises and is not stored, unless ``keep_failed``
+    (stored, the failure recorded in the manifest). ``dla``: build for a DLA core.
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
@@ -210,67 +306,107 @@ def build_into_bundle(bundle: str | os.PathLike, precision: str = "fp16", profil
     if b.is_zip:
         b.cleanup()
         raise BundleError(f"{bundle}: build-engine stores the plan in the bundle and needs a bundle folder, not a .zip")
-    variant = MODEL_FOR[precision]
-    models = b.manifest["models"]
-    if variant not in models:
-        hint = ("adrt export RUN --out BUNDLE --precision int8 --calib DIR" if variant == "int8"
-                else f"adrt export RUN --out BUNDLE --precision {variant}")
-        raise BundleError(f"{bundle}: a {precision} engine is built from the bundle's {variant} model, which it lacks "
-                          f"(it has: {', '.join(models)}); make one with: {hint}")
-    entry = models[variant]
-    if precision == "int8" and entry.get("int8_target", "tensorrt") != "tensorrt":
-        raise BundleError(f"{bundle}: its int8 model was quantised for {entry.get('int8_target')!r} (uint8 asymmetric "
-                          f"activations), which TensorRT does not take; re-export with --int8-target tensorrt")
-    onnx_path = b.model_path(variant)
+    trt = trt or import_tensorrt()
+    version = str(trt.__version__)
+    if dla is not None:
+        check_dla_request(dla, precision, profile, version)
+    # What model_for may change (an opset-17 copy made or renewed for TensorRT 8.x), to undo it if
+    # the build fails: nothing is left of a failed build.
+    saved = {p: p.read_bytes() if p.is_file() else None for p in
+             (b.root / "manifest.json", b.root / _trt86_file(b, precision))}
+    key, entry = model_for(b, precision, trt_major(trt), log)
+    try:
+        return _build_checked(b, precision, profile, workspace_mib, timing_cache, device, check, trt, cuda, log, dla,
+                              keep_failed, conformance, key, entry)
+    except BaseException:
+        for p, data in saved.items():
+            if data is None:
+                p.unlink(missing_ok=True)
+            elif not p.is_file() or p.read_bytes() != data:
+                p.write_bytes(data)
+        raise
+
+
+def _trt86_file(b, precision: str) -> str:
+    from adrt.export.trt86 import variant_file   # (imports no onnx)
+
+    entry = b.manifest["models"].get(MODEL_FOR[precision])
+    return variant_file(entry["file"]) if entry else "model.none.trt86.onnx"
+
+
+def _build_checked(b, precision, profile, workspace_mib, timing_cache, device, check, trt, cuda, log, dla,
+                   keep_failed, conformance, key, entry) -> dict:
+    version = str(trt.__version__)
+    onnx_path = b.root / entry["file"]
+    if conformance:
+        from adrt.export.trt_check import require_conformance, target_for_version
+
+        require_conformance(onnx_path, target_for_version(version), dla=dla is not None,
+                            gpu_fallback=bool(dla and dla.gpu_fallback), precision=precision,
+                            profile=(profile.min, profile.opt, profile.max))
     spec = b.input
     h, w, c = int(spec["height"]), int(spec["width"]), int(spec["channels"])
-    trt = trt or import_tensorrt()
     cuda = cuda or open_cuda(device)
     try:
         gpu, cc = cuda.device_info()
-        version = str(trt.__version__)
         if timing_cache is True:
             timing_cache = default_timing_cache(gpu, cc, version)
         cache = Path(timing_cache) if timing_cache else None
-        log(f"building {precision} engine for {gpu} (sm {cc[0]}{cc[1]}), TensorRT {version}, batch "
-            f"{profile.min}/{profile.opt}/{profile.max} …")
-        plan, facts = build_engine(onnx_path, precision, profile, h, w, c, workspace_mib, cache, (gpu, cc), trt)
-        tag = plan_tag(gpu, cc, version, precision)
-        rel = f"engines/{tag}.plan"
-        parity = None
+        where = f" on DLA core {dla.core}" + (" with GPU fallback" if dla.gpu_fallback else "") if dla else ""
+        log(f"building {precision} engine{where} for {gpu} (sm {cc[0]}{cc[1]}), TensorRT {version}, from "
+            f"{entry['file']}, batch {profile.min}/{profile.opt}/{profile.max} …")
+        plan, facts = build_engine(onnx_path, precision, profile, h, w, c, workspace_mib, cache, (gpu, cc), trt, dla)
+        tag = plan_tag(gpu, cc, version, precision) + (f"-dla{dla.core}" if dla else "")
+        parity, failures = None, []
         if check:
-            backend = TensorRTBackend(plan, device, cuda=_Borrowed(cuda), trt=trt)
-            try:
-                rng = np.random.default_rng(0)
-                n = min(max(profile.opt, 2), profile.max)
-                images = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
-                parity = engine_parity(backend, onnx_path, images)
-            finally:
-                backend.close()
-            worst = max(v["max_rel"] for k, v in parity.items() if k.startswith("raw"))
-            if worst > PARITY_RTOL[precision]:
-                log(f"warning: the engine's raw outputs differ from ONNX Runtime CPU by {worst:.2%} of their range "
-                    f"(tolerance {PARITY_RTOL[precision]:.1%})")
-        (b.root / "engines").mkdir(exist_ok=True)
-        final = b.root / rel
-        try:
-            write_bytes_atomic(final, plan)
-            record = {"file": rel, "precision": precision, "gpu": gpu, "compute_capability": f"{cc[0]}.{cc[1]}",
-                      "onnx": entry["file"], "cuda_binding": getattr(cuda, "binding", "?"), "adrt_version": __version__,
-                      "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **facts}
-            if parity is not None:
-                record["parity_vs_ort_cpu"] = parity
-                record["parity_rtol"] = PARITY_RTOL[precision]
-            manifest = b.manifest
-            manifest.setdefault("engines", {})[tag] = record
-            manifest["files"][rel] = {}
-            write_manifest(b.root, manifest)
-        except BaseException:
-            final.unlink(missing_ok=True)
-            raise
+            parity = _check_engine(plan, device, cuda, trt, dla, onnx_path, profile, (h, w, c))
+            failures = parity_failures(parity, precision)
+            if failures and not keep_failed:
+                raise BackendError(f"the {precision} engine does not match ONNX Runtime CPU on {entry['file']}: "
+                                   + "; ".join(failures) + "; no plan stored (--keep-failed stores it anyway, "
+                                   "recorded as failed in the manifest)")
+            if failures:
+                log("warning: storing an engine that failed its parity check (--keep-failed): " + "; ".join(failures))
+        record = {"precision": precision, "gpu": gpu, "compute_capability": f"{cc[0]}.{cc[1]}", "onnx": entry["file"],
+                  "model": key, "cuda_binding": getattr(cuda, "binding", "?"), "adrt_version": __version__,
+                  "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **facts,
+                  "parity_tolerance": PARITY_TOLERANCE[precision], "parity_ok": None if parity is None else not failures}
+        if parity is not None:
+            record["parity_vs_ort_cpu"] = parity
+        if failures:
+            record["parity_failures"] = failures
+        _store_plan(b, tag, plan, record)
     finally:
         cuda.close()
     return record
+
+
+def _check_engine(plan: bytes, device: int, cuda, trt, dla, onnx_path: Path, profile: BatchProfile, hwc) -> dict:
+    backend = TensorRTBackend(plan, device, cuda=_Borrowed(cuda), trt=trt, dla_core=dla.core if dla else None)
+    try:
+        n = min(max(profile.opt, 2), profile.max)
+        if profile.min > n:
+            n = profile.min
+        images = np.random.default_rng(0).integers(0, 256, (n, *hwc), dtype=np.uint8)
+        return engine_parity(backend, onnx_path, images)
+    finally:
+        backend.close()
+
+
+def _store_plan(b, tag: str, plan: bytes, record: dict) -> None:
+    rel = f"engines/{tag}.plan"
+    record["file"] = rel
+    (b.root / "engines").mkdir(exist_ok=True)
+    final = b.root / rel
+    try:
+        write_bytes_atomic(final, plan)
+        manifest = b.manifest
+        manifest.setdefault("engines", {})[tag] = record
+        manifest["files"][rel] = {}
+        write_manifest(b.root, manifest)
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
 
 
 class _Borrowed:
@@ -285,31 +421,3 @@ class _Borrowed:
 
     def close(self) -> None:
         pass
-
-
-@click.command("build-engine")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True,
-              help="fp16 needs the bundle's fp16 model, int8 its int8 (QDQ) model (adrt export --precision).")
-@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="Profile: smallest batch.")
-@click.option("--opt-batch", type=click.IntRange(min=1), default=1, show_default=True, help="Profile: batch tuned for.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="Profile: largest batch.")
-@click.option("--workspace-mib", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Builder workspace limit.")
-@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
-              help="Timing cache file to reuse and update (default: one per GPU and TensorRT version under ~/.cache/adrt).")
-@click.option("--no-timing-cache", is_flag=True, help="Build without a timing cache.")
-@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
-@click.option("--no-check", is_flag=True, help="Skip the parity check of the new engine against ONNX Runtime CPU.")
-def build_engine_cmd(bundle, precision, min_batch, opt_batch, max_batch, workspace_mib, timing_cache, no_timing_cache,
-                     device, no_check):
-    """Build a TensorRT engine for this GPU from BUNDLE's ONNX and store it in BUNDLE."""
-    profile = BatchProfile(min_batch, opt_batch, max_batch)
-    cache = None if no_timing_cache else (timing_cache or True)
-    record = build_into_bundle(bundle, precision, profile, workspace_mib, cache, device, not no_check,
-                               log=lambda m: click.echo(m, err=True))
-    click.echo(f"engine: {Path(bundle) / record['file']}  ({record['gpu']}, TensorRT {record['tensorrt']}, "
-               f"{record['precision']}, built in {record['build_seconds']} s, timing cache {record['timing_cache']})")
-    if "parity_vs_ort_cpu" in record:
-        click.echo("parity vs ONNX Runtime CPU: " + json.dumps({k: round(v["max_rel"], 6)
-                                                                for k, v in record["parity_vs_ort_cpu"].items()}))

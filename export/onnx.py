@@ -62,6 +62,19 @@ def export_onnx(detector: Detector, path: str | os.PathLike, batch: int = 2, ops
                 raise KeyboardInterrupt from None
             raise
         program.save(str(path), external_data=False)
+    import onnx
+
+    model = onnx.load(str(path))
+    take_shapes_from_cast(model)
+    written = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if written != opset:
+        # torch's exporter keeps opset 18 when the version converter fails (Pad): convert it ourselves.
+        from adrt.export.trt86 import OPSET as TRT86_OPSET, to_trt86
+
+        if opset != TRT86_OPSET or written < opset:
+            raise AdrtError(f"the exporter wrote opset {written} where opset {opset} was asked for")
+        model, _ = to_trt86(model)
+    onnx.save(model, str(path))
     return Path(path)
 
 
@@ -73,6 +86,36 @@ def _interrupted(e: BaseException) -> bool:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
+
+
+def take_shapes_from_cast(model) -> int:
+    """Let the Cast of the uint8 input be its only consumer: Shape nodes that read the input (the
+    exporter takes the symbolic batch size from it) read the Cast's output instead, which has the
+    same shape. TensorRT takes uint8 only as a network input consumed by a Cast. Returns the
+    number of rewired nodes; raises AdrtError when the input has no Cast consumer to read from.
+    """
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    rewired = 0
+    for inp in (i for i in g.input if i.name not in inits):
+        if inp.type.tensor_type.elem_type != 2:          # onnx.TensorProto.UINT8
+            continue
+        users = [n for n in g.node if inp.name in n.input]
+        casts = [n for n in users if n.op_type == "Cast"]
+        shapes = [n for n in users if n.op_type == "Shape"]
+        if not shapes:
+            continue
+        if len(casts) != 1:
+            raise AdrtError(f"graph input {inp.name!r}: expected one Cast to read its shape from, found {len(casts)}")
+        cast = casts[0]
+        for n in shapes:
+            n.input[0] = cast.output[0]
+            rewired += 1
+        # Topological order: the Cast (it reads only the graph input) goes first.
+        nodes = [cast] + [n for n in g.node if n is not cast]
+        del g.node[:]
+        g.node.extend(nodes)
+    return rewired
 
 
 def parity(detector: Detector, onnx_path: Path, images: np.ndarray) -> dict:
@@ -150,7 +193,7 @@ def write_bundle(detector: Detector, meta: dict, folder: Path, *, sample_images:
             "python": platform.python_version(), "parity": report,
             "parity_tolerance": {"normalised_atol": ATOL_NORMALISED, "raw_rtol": RTOL_RAW},
         },
-        "models": {Precision.FP32.value: {"file": "model.onnx", "precision": Precision.FP32.value}},
+        "models": {Precision.FP32.value: {"file": "model.onnx", "precision": Precision.FP32.value, "opset": OPSET}},
         "files": {"model.onnx": {}},
     }
     write_manifest(folder, manifest)

@@ -2,9 +2,10 @@
 
 Both keep the graph contract (input ``image`` uint8 N×H×W×3, float32 outputs) and reduce only the
 *network*: its convolutions (Conv, and ConvTranspose for decoders) and the ops that join their
-outputs (activations — ReLU/ReLU6/LeakyReLU/ELU —, residual adds, pooling, the tap resize and
-concat). That is where the FLOPs are. Everything else stays float32, found by structure rather
-than by name (see :func:`feature_region`), for every registered method:
+outputs (activations — ReLU/ReLU6/LeakyReLU/ELU —, residual adds, pooling — MaxPool, or the
+elementwise Max of shifted slices —, the tap resize and concat). That is where the FLOPs are.
+Everything else stays float32, found by structure rather than by name (see :func:`feature_region`),
+for every registered method:
 
 - the preprocessing (cast, /255, mean/std), which is cheap and feeds every later layer. INT8: a
   quantised conv's input is rounded for that conv only; the scoring reads the float tensor
@@ -25,8 +26,11 @@ than by name (see :func:`feature_region`), for every registered method:
 - upsampling, the Gaussian blur (GEMMs, or separable 1-channel convs: :func:`map_filters`) and the
   calibration sigmoid, which turn small raw differences into the 0.5 threshold crossing.
 
-INT8 keeps three more parts float:
+INT8 keeps four more parts float:
 
+- exact selections (:func:`selection_convs`): the depthwise two-tap convs that compute the students'
+  dilated max-pools as ``a + relu(b − a)`` (TensorRT pools without dilation); int8 would round the
+  maximum;
 - the *compared* layers (:func:`compared_layers`): the last convs whose output is subtracted from the
   input or from another network's output (the decoder's output layer; the teachers', students' and
   autoencoder's output convs): their weights and arithmetic stay float, since int8 error there is
@@ -82,9 +86,13 @@ MAX_CALIB_IMAGES = 64
 _SEED_OPS = {"Conv", "ConvTranspose"}
 # Ops that may join the reduced feature region once one of their float inputs comes from it.
 _REGION_OPS = _SEED_OPS | {"Clip", "Relu", "LeakyRelu", "Elu", "Add", "Mul", "AveragePool", "MaxPool",
-                           "GlobalAveragePool", "Resize", "Concat", "Sigmoid", "HardSigmoid", "HardSwish"}
+                           "GlobalAveragePool", "Resize", "Concat", "Sigmoid", "HardSigmoid", "HardSwish", "Max",
+                           "Slice"}
 # Inputs that are not data even when float (Resize's roi and scales are float32 whatever T is).
-_DATA_INPUTS = {"Resize": 1}
+_DATA_INPUTS = {"Resize": 1, "Slice": 1}
+# Ops that join the region only when every consumer of their output is a region op too (the
+# shifted slices of the students' dilated max-pool do; a slice that starts the scoring does not).
+_INNER_ONLY_OPS = {"Slice"}
 # Ops whose output depends on their input's shape only, not on its values.
 _SHAPE_OPS = {"Shape", "Size"}
 
@@ -234,10 +242,14 @@ def feature_region(model, adjoints: bool = False) -> list[str]:
     inits = {i.name for i in model.graph.initializer}
     dep = image_dependent(model)
     skip = map_filters(model) | (set() if adjoints else adjoint_convs(model))
+    _, cons = _links(model)
     produced_in: set[str] = set()
     region = []
     for node in model.graph.node:
         if node.op_type not in _REGION_OPS or node.name in skip:
+            continue
+        if node.op_type in _INNER_ONLY_OPS and not all(c.op_type in _REGION_OPS for o in node.output
+                                                       for c in cons.get(o, [])):
             continue
         data = [x for x in node.input[: _DATA_INPUTS.get(node.op_type, len(node.input))] if x]
         floats = [x for x in data if types.get(x) == float_t]
@@ -574,12 +586,33 @@ def addressing_layers(model, region: Sequence[str]) -> set[str]:
     return found
 
 
+def selection_convs(model) -> set[str]:
+    """Depthwise two-tap Conv nodes whose every filter is [1, 0] or [−1, 1]: exact selections, not
+    network layers — the students' dilated max-pool in conv form, ``a + relu(b − a)``
+    (adrt.train.students.model.max_pool2_dilated). INT8 would round the maximum they compute."""
+    from onnx import numpy_helper
+
+    weights = {i.name: i for i in model.graph.initializer}
+    out = set()
+    for n in model.graph.node:
+        if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in weights:
+            continue
+        w = weights[n.input[1]]
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if len(w.dims) != 4 or w.dims[1] != 1 or w.dims[0] != group or w.dims[2] * w.dims[3] != 2:
+            continue
+        taps = numpy_helper.to_array(w).reshape(-1, 2)
+        if (taps == [1.0, 0.0]).all(1).all() or (taps == [-1.0, 1.0]).all(1).all():
+            out.add(n.name)
+    return out
+
+
 def int8_region(model) -> list[str]:
     """The feature region's nodes INT8 quantises: its ``INT8_OP_TYPES`` nodes except the compared
-    layers (:func:`compared_layers`) and the layers that address a memory (:func:`addressing_layers`),
-    in graph order."""
+    layers (:func:`compared_layers`), the layers that address a memory (:func:`addressing_layers`)
+    and exact selections (:func:`selection_convs`), in graph order."""
     region = feature_region(model)
-    keep = compared_layers(model, region) | addressing_layers(model, region)
+    keep = compared_layers(model, region) | addressing_layers(model, region) | selection_convs(model)
     ops = set(INT8_OP_TYPES)
     return [n.name for n in model.graph.node if n.name in set(region) and n.op_type in ops and n.name not in keep]
 
@@ -816,7 +849,8 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
             q8 = int8_region(model)
             reduced = q8[search["float_prefix_nodes"] : len(q8) - search["float_suffix_nodes"]]
         ops = INT8_OP_TYPES if precision is Precision.INT8 else None
-        entry = {"file": name, "precision": precision.value, **describe_region(model, reduced, ops),
+        opset = next(o.version for o in variant.opset_import if o.domain in ("", "ai.onnx"))
+        entry = {"file": name, "precision": precision.value, "opset": opset, **describe_region(model, reduced, ops),
                  "parity_vs_fp32": parity}
         if precision is Precision.FP16:
             entry["parity_tolerance"] = {"raw_score_median_rel": FP16_MAX_MEDIAN_REL}
@@ -829,6 +863,9 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
                 entry["float_parts"] += (f"; {len(search['float_compared_layers'])} compared output layers (convs whose "
                                          "output is subtracted from the input or another network's output): "
                                          "float weights and arithmetic")
+            n_sel = len(selection_convs(model))
+            if n_sel:
+                entry["float_parts"] += (f"; {n_sel} selection convs (the max-pools as a + relu(b − a)): float")
             if search.get("float_addressing_layers"):
                 entry["float_parts"] += (f"; {len(search['float_addressing_layers'])} layers that address a memory "
                                          "(upstream of the attention the network reads): float")
@@ -846,6 +883,11 @@ def add_variant(bundle: str | os.PathLike, precision: Precision | str, calib: st
     manifest["models"][precision.value] = entry
     manifest["files"][name] = {}
     write_manifest(root, manifest)
+    if precision.value + ".trt86" in manifest["models"]:
+        # Its opset-17 copy for TensorRT 8.6 was made from the model just replaced: make it again.
+        from adrt.export.trt86 import add_trt86_variants
+
+        add_trt86_variants(root, check_subset(check), keys=[precision.value], log=log)
     return root / name
 
 

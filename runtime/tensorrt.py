@@ -243,7 +243,8 @@ def select_plan(manifest: dict, precision: str, gpu: str, capability: tuple[int,
                           f"device: adrt build-engine BUNDLE --precision {precision}")
     here = f"{gpu} (compute capability {capability[0]}.{capability[1]}) with TensorRT {trt_version}"
     cc = f"{capability[0]}.{capability[1]}"
-    for e in same_precision.values():
+    # A GPU plan first; a DLA plan (built with --dla-core) where it is the only one of this precision.
+    for e in sorted(same_precision.values(), key=lambda e: e.get("dla_core") is not None):
         if e.get("gpu") == gpu and str(e.get("compute_capability")) == cc and e.get("tensorrt") == trt_version:
             return e
     built = "; ".join(f"{e['file']} was built for {e.get('gpu')} (compute capability {e.get('compute_capability')}) "
@@ -261,9 +262,10 @@ class TensorRTBackend:
     memory and device memory for every I/O tensor); larger batches run in slices of that size.
     """
 
-    def __init__(self, plan: bytes, device: int = 0, cuda=None, trt=None):
+    def __init__(self, plan: bytes, device: int = 0, cuda=None, trt=None, dla_core: int | None = None):
         self.trt = trt or import_tensorrt()
         self.major = trt_major(self.trt)
+        self.dla_core = dla_core
         self.cuda = cuda or open_cuda(device)
         try:
             self._open(plan)
@@ -275,6 +277,8 @@ class TensorRTBackend:
         trt = self.trt
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
+        if self.dla_core is not None:           # a DLA plan runs on the core the runtime names
+            self.runtime.DLA_core = int(self.dla_core)
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise BackendError(f"TensorRT {trt.__version__} could not deserialise the plan ({len(plan)} bytes): "
@@ -413,7 +417,7 @@ def open_tensorrt(bundle, precision: str, device: int = 0, cuda=None, trt=None) 
         entry = select_plan(bundle.manifest, precision, gpu, cc, str(trt.__version__))
         path = Path(bundle.root) / entry["file"]
         plan = path.read_bytes()
-        backend = TensorRTBackend(plan, device, cuda=cuda, trt=trt)
+        backend = TensorRTBackend(plan, device, cuda=cuda, trt=trt, dla_core=entry.get("dla_core"))
         spec = bundle.contract.input
         want = (spec.height, spec.width, spec.channels)
         if backend.sample_shape != want:

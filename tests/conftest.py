@@ -66,6 +66,32 @@ def runs(tmp_path_factory, synth_data):
     return get
 
 
+@pytest.fixture(scope="session")
+def variant_bundles(runs, synth_data, tmp_path_factory):
+    """method -> a copy of its bundle with fp16 and int8 (tensorrt target) models and the opset-17
+    copies of all three for TensorRT 8.6, as ``adrt export --precision fp16 --precision int8`` makes
+    them (lazily, once per session)."""
+    import shutil
+
+    cache: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("variants_methods")
+
+    def get(method: str) -> Path:
+        if method not in cache:
+            from adrt.export.quantize import add_variant
+            from adrt.export.trt86 import add_trt86_variants
+
+            dst = root / method
+            shutil.copytree(runs(method)[1], dst)
+            add_variant(dst, "fp16", threads=1)
+            add_variant(dst, "int8", calib=synth_data, threads=1)
+            add_trt86_variants(dst)
+            cache[method] = dst
+        return cache[method]
+
+    return get
+
+
 def methods() -> list[str]:
     try:
         from adrt.train.registry import available

@@ -13,7 +13,10 @@ wrong argument or a wrong call order fails CI. What they check:
 - ``fake_tensorrt(generation)``: ``tensorrt`` 8.6 (bindings API only — the real 8.6 also has the
   tensor-name API; it is left out so the tests prove the bindings path is the one taken; explicit
   batch required), 10 (tensor-name API only, strongly typed networks refuse FP16/INT8 flags), 11
-  (no weak-typing flags at all, no ``platform_has_fast_*``, no STRONGLY_TYPED flag: always strong).
+  (no weak-typing flags at all, no ``platform_has_fast_*``, no STRONGLY_TYPED flag: always strong);
+  DLA: ``DeviceType``, ``config.default_device_type``/``DLA_core``, ``GPU_FALLBACK``,
+  ``builder.num_DLA_cores`` (``FakeGPU(dla_cores=2)``), ``runtime.DLA_core``; a DLA build needs an
+  existing core and a static profile.
 
 The fake engine really computes: its plan carries the ONNX graph, and "execution" runs it with ONNX
 Runtime CPU on the bytes found in device memory, writing the outputs back there.
@@ -32,9 +35,11 @@ import numpy as np
 # --- the GPU ----------------------------------------------------------------------------------
 
 class FakeGPU:
-    def __init__(self, name: str = "NVIDIA Fake H200", capability=(9, 0), fast_fp16=True, fast_int8=True):
+    def __init__(self, name: str = "NVIDIA Fake H200", capability=(9, 0), fast_fp16=True, fast_int8=True,
+                 dla_cores: int = 0):
         self.name, self.capability = name, capability
         self.fast_fp16, self.fast_int8 = fast_fp16, fast_int8
+        self.dla_cores = dla_cores                    # Jetson Orin NX/AGX: 2
         self.memory: dict[int, bytearray] = {}        # device address -> bytes
         self._next = itertools.count(0x7F00_0000_0000, 1 << 24)
         self.pinned: dict[int, object] = {}           # host address -> keep-alive buffer
@@ -381,7 +386,8 @@ def fake_tensorrt(generation: int, gpu: FakeGPU, version: str | None = None) -> 
         flags["STRONGLY_TYPED"] = 1
     mod.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flags) if flags else \
         types.SimpleNamespace()
-    bflags = {"TF32": 6, "OBEY_PRECISION_CONSTRAINTS": 9}
+    bflags = {"TF32": 6, "OBEY_PRECISION_CONSTRAINTS": 9, "GPU_FALLBACK": 3}
+    mod.DeviceType = enum.Enum("DeviceType", {"GPU": 0, "DLA": 1})
     if generation < 11:
         bflags.update({"FP16": 0, "INT8": 1})
     mod.BuilderFlag = enum.IntEnum("BuilderFlag", bflags)
@@ -481,6 +487,31 @@ def fake_tensorrt(generation: int, gpu: FakeGPU, version: str | None = None) -> 
             self.pool = {}
             self.profiles = []
             self.cache = None
+            self._device = mod.DeviceType.GPU
+            self._dla_core = -1
+
+        # DLA: the device layers default to and the core, as properties like TensorRT's bindings.
+        @property
+        def default_device_type(self):
+            return self._device
+
+        @default_device_type.setter
+        def default_device_type(self, value):
+            if not isinstance(value, mod.DeviceType):
+                raise TypeError(f"fake tensorrt: default_device_type takes a DeviceType, got {value!r}")
+            mod.calls.append(f"default_device_type:{value.name}")
+            self._device = value
+
+        @property
+        def DLA_core(self):
+            return self._dla_core
+
+        @DLA_core.setter
+        def DLA_core(self, value):
+            if not isinstance(value, int):
+                raise TypeError(f"fake tensorrt: DLA_core takes an int, got {value!r}")
+            mod.calls.append(f"DLA_core:{value}")
+            self._dla_core = value
 
         def set_memory_pool_limit(self, pool, size):
             mod.calls.append("set_memory_pool_limit")
@@ -551,11 +582,20 @@ def fake_tensorrt(generation: int, gpu: FakeGPU, version: str | None = None) -> 
             if list(lo[1:]) != network.input.shape[1:]:
                 _log(self.logger, Severity.ERROR, f"profile {lo} does not match input {network.input.shape}")
                 return None
+            dla = config.default_device_type == mod.DeviceType.DLA
+            if dla and not 0 <= config.DLA_core < gpu.dla_cores:
+                _log(self.logger, Severity.ERROR, f"DLA core {config.DLA_core} requested, {gpu.dla_cores} available")
+                return None
+            if dla and not lo == opt == hi:
+                _log(self.logger, Severity.ERROR, "DLA does not support dynamic shapes (min, opt, max must be equal)")
+                return None
             header = {"version": version, "gpu": gpu.name, "profile": [lo, opt, hi], "flags": sorted(config.flags),
-                      "pinned": sum(1 for layer in network.layers if layer.precision is not None)}
+                      "pinned": sum(1 for layer in network.layers if layer.precision is not None),
+                      "dla_core": config.DLA_core if dla else None}
             h = json.dumps(header).encode()
             return bytearray(PLAN_MAGIC + len(h).to_bytes(4, "little") + h + network.model)
 
+    Builder.num_DLA_cores = property(lambda self: gpu.dla_cores)
     if generation < 11:
         Builder.platform_has_fast_fp16 = property(lambda self: gpu.fast_fp16)
         Builder.platform_has_fast_int8 = property(lambda self: gpu.fast_int8)
@@ -713,6 +753,18 @@ def fake_tensorrt(generation: int, gpu: FakeGPU, version: str | None = None) -> 
         def __init__(self, logger):
             mod.calls.append("Runtime")
             self.logger = logger
+            self._dla_core = -1
+
+        @property
+        def DLA_core(self):
+            return self._dla_core
+
+        @DLA_core.setter
+        def DLA_core(self, value):
+            if not isinstance(value, int) or not 0 <= value < gpu.dla_cores:
+                raise ValueError(f"fake tensorrt: runtime DLA_core {value!r}; the device has {gpu.dla_cores}")
+            mod.calls.append(f"runtime.DLA_core:{value}")
+            self._dla_core = value
 
         def deserialize_cuda_engine(self, plan):
             mod.calls.append("deserialize_cuda_engine")

@@ -52,7 +52,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
     if bundle is not None:
         from adrt.export.cli import export_run
 
-        export_run(run, bundle, data, overwrite=overwrite)
+        export_run(run, bundle, data, overwrite=overwrite, log=lambda m: click.echo(m, err=True))
         click.echo(f"bundle: {bundle}")
 
 
@@ -139,7 +139,7 @@ def _run_demo(out: Path, method: str, size: int) -> None:
     click.echo(f"1/5 dataset: {data}")
     run = run_train(method, data, out / "run", size=size)
     click.echo(f"2/5 trained: {run}")
-    bundle = export_run(run, out / "bundle", data)
+    bundle = export_run(run, out / "bundle", data, log=lambda m: click.echo(m, err=True))
     click.echo(f"3/5 exported: {bundle}")
     with load(bundle) as s:
         result = evaluate_session(s, data, out / "eval", overlays=6)

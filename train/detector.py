@@ -129,7 +129,9 @@ class Detector(nn.Module):
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N×H×W×C → normalised float N×C×H×W (inside the graph, so callers pass frames as they come)."""
-        x = image.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)
+        # Cast first, then change the layout: TensorRT takes uint8 only as a network input that a
+        # Cast consumes (no uint8 intermediate tensor, e.g. a transposed image).
+        x = image.to(torch.float32).permute(0, 3, 1, 2) * (1.0 / 255.0)
         return (x - self.mean) / self.std
 
     def raw(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

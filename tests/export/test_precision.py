@@ -127,7 +127,7 @@ def test_variants_run_through_the_runtime_and_rank_like_fp32(variants, synth_dat
         assert out[p].maps.shape == out["fp32"].maps.shape and out[p].maps.dtype == np.float32
         assert image_auroc(labels, out[p].raw_scores) >= image_auroc(labels, out["fp32"].raw_scores) - 0.1
     assert np.allclose(out["fp16"].raw_scores, out["fp32"].raw_scores, rtol=0.01)
-    with pytest.raises(BundleError, match=r"no 'fp8' model .* it has: fp32, fp16, int8"):
+    with pytest.raises(BundleError, match=r"no 'fp8' model .* it has: fp32, fp32.trt86, fp16, int8"):
         load(variants, precision="fp8")
 
 
@@ -172,7 +172,9 @@ def test_export_cli_adds_variants_and_eval_selects_them(runs, synth_data, tmp_pa
     r = CliRunner().invoke(main, ["export", str(run), "--out", str(out), "--precision", "fp16", "--precision", "int8",
                                   "--calib", str(synth_data)])
     assert r.exit_code == 0, r.output
-    assert set(json.loads((out / "manifest.json").read_text())["models"]) == {"fp32", "fp16", "int8"}
+    # Each model with its opset-17 copy for TensorRT 8.6.
+    assert set(json.loads((out / "manifest.json").read_text())["models"]) == \
+        {"fp32", "fp16", "int8", "fp32.trt86", "fp16.trt86", "int8.trt86"}
     r = CliRunner().invoke(main, ["eval", str(out), "--data", str(synth_data), "--precision", "int8", "--record"])
     assert r.exit_code == 0, r.output
     assert f"{synth_data.name}@int8" in json.loads((out / "manifest.json").read_text())["metrics"]

@@ -2,7 +2,8 @@
 the reduced region is the network, the parts decided to stay float do stay float in the graph, and
 the variants load and run through the runtime close to fp32.
 
-Tiny synthetic runs (tests/conftest.py); each variant is made once per method for the module.
+Tiny synthetic runs (tests/conftest.py); each variant is made once per method for the session
+(``variant_bundles`` in tests/conftest.py).
 Stated tolerances on the raw image scores: fp16 within 1 % of the largest fp32 score on every test
 image; int8 within 1 calibration std on average over the normal test images, finite outputs, and
 an image AUROC at most 0.1 below fp32's (these tiny models see 20 images; the real-data bound of
@@ -11,7 +12,6 @@ an image AUROC at most 0.1 below fp32's (these tiny models see 20 images; the re
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -29,27 +29,6 @@ INT8_MAX_NORMAL_STD = 1.0
 # Ops that belong to the scoring of some method and must never be reduced.
 SCORING_OPS = {"MatMul", "Softmax", "Sub", "Div", "Sqrt", "Pow", "ReduceMean", "ReduceSum", "ReduceMax",
                "Exp", "Sign", "Abs", "Where", "Transpose", "Cast"}
-
-
-@pytest.fixture(scope="module")
-def variant_bundles(runs, synth_data, tmp_path_factory):
-    """method -> a copy of its bundle with fp16 and int8 (tensorrt target) models (lazily)."""
-    from adrt.export.quantize import add_variant
-
-    root = tmp_path_factory.mktemp("variants_methods")
-    cache = {}
-
-    def get(method):
-        if method not in cache:
-            _, b = runs(method)
-            dst = root / method
-            shutil.copytree(b, dst)
-            add_variant(dst, "fp16", threads=1)
-            add_variant(dst, "int8", calib=synth_data, threads=1)
-            cache[method] = dst
-        return cache[method]
-
-    return get
 
 
 @pytest.mark.parametrize("method", methods())

@@ -45,6 +45,35 @@ def test_dense_evaluation_equals_the_patch_network_at_every_pixel(p):
             torch.testing.assert_close(patch[0, :, 0, 0], dense[0, :, y, c], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("j", [1, 2, 4, 8])
+def test_dilated_max_pool_as_convs_equals_the_max_pool(j):
+    """The TensorRT-ready form (depthwise convs, a + relu(b − a)) of the 2×2 stride-1 max-pool
+    dilated by j equals torch's dilated max-pool up to one rounding, and exports without MaxPool
+    dilations."""
+    from adrt.train.students.model import max_pool2_dilated
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 44, 37) * 100
+    want = torch.nn.functional.max_pool2d(x, 2, stride=1, dilation=j)
+    got = max_pool2_dilated(x, j)
+    assert got.shape == want.shape == (2, 5, 44 - j, 37 - j)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)     # |x| ≤ ~500: one float32 rounding
+
+
+def test_eval_dense_equals_the_training_form_with_dilated_max_pools():
+    """Eval mode (the exported graph) runs the conv form; training mode torch's dilated max-pool, the
+    graph before the rewrite: the same descriptors."""
+    from adrt.train.students import PatchNet
+
+    torch.manual_seed(0)
+    net = PatchNet(65, width=6, dim=5, copies=2)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        old = net.train().dense(x)
+        new = net.eval().dense(x)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5)
+
+
 def test_grouped_students_are_independent_networks():
     """Copies held as one grouped network share nothing: changing one copy's weights changes only its output."""
     from adrt.train.students import PatchNet

@@ -186,6 +186,13 @@ def test_guard_poisons_only_the_bad_images_in_the_graph(tmp_path):
     m, s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert np.isnan(s[1]) and np.isnan(m[1]).all()
     assert np.isfinite(s[[0, 2]]).all() and np.isfinite(m[[0, 2]]).all()
+    # Float reductions only: TensorRT 8.6 (opset-17 copy) and 10 take the guard (no bool/int64 ReduceMin).
+    import onnx
+
+    from adrt.export.trt86 import to_trt86
+    from adrt.export.trt_check import check_model
+
+    assert not check_model(p, "10") and not check_model(to_trt86(onnx.load(str(p)))[0], "8.6")
 
 
 @pytest.mark.parametrize("option, value, match", [

@@ -155,7 +155,9 @@ def guard_finite(check: torch.Tensor, amap: torch.Tensor, score: torch.Tensor, w
     never a plausible-looking map. In eager torch (training, calibration, torch-eager runs) a bad
     image raises AdrtError naming ``what`` went wrong.
     """
-    bad = ~torch.isfinite(check).flatten(1).all(1) | ~torch.isfinite(score)
+    # Float reductions only (TensorRT 8.6 reduces no bool/int64 tensor): x − x is 0 where x is
+    # finite and NaN where it is ±Inf or NaN, so a row's sum is NaN exactly when it holds one.
+    bad = torch.isnan((check - check).flatten(1).sum(1) + (score - score))
     if not _tracing() and bool(bad.any()):
         idx = torch.nonzero(bad).flatten().tolist()
         raise AdrtError(f"non-finite values (NaN/Inf) for image(s) {idx} of the batch: {what}")

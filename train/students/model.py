@@ -5,7 +5,8 @@ LeakyReLU(5e-3), 2×2 max-pooling; extent exactly p). The same weights evaluate 
 descriptor per input pixel — by the à-trous form of the paper's multi-pool dense evaluation:
 every stride-2 pooling becomes a stride-1 pooling and all later layers are dilated by the
 accumulated stride (Bailer et al.'s multi-pooling computes the same numbers, as interleaved
-sub-images; the dilated form needs no unwarping and exports as plain Conv/Max). The input is
+sub-images; the dilated form needs no unwarping and exports as plain Conv/Max; the dilated
+max-pools as convs too, :func:`max_pool2_dilated`, since TensorRT takes no dilated pooling). The input is
 reflect-padded by p//2, so the dense map has the input's size and pixel (r, c) holds the
 descriptor of the patch centred on it. Tested: dense output == patch output at every pixel.
 
@@ -116,6 +117,28 @@ def check_config(cfg: StudentsConfig) -> None:
         raise AdrtError(f"students option dense_size={cfg.dense_size}: expected 0 (input size) or a size in pixels")
 
 
+def max_pool2_dilated(x: torch.Tensor, j: int) -> torch.Tensor:
+    """2×2 max-pool with stride 1 and dilation ``j``: N×C×H×W → N×C×(H−j)×(W−j).
+
+    # Convs, not a dilated MaxPool: TensorRT's ONNX parser rejects pooling dilations other than 1
+    # (every version). Per axis, max(a, b) = a + relu(b − a), with a = x[h] and b − a = x[h+j] − x[h]
+    # as depthwise 2-tap convs dilated by j (weights [1, 0] and [−1, 1]; dilated convs are fine).
+    # On ONNX Runtime CPU this stays in its blocked conv layout: +1.3 % CPU time for the students'
+    # graph at 128 px, where max over shifted slices (Slice + Max) cost +12 % and pixel-unshuffle
+    # + MaxPool + pixel-shuffle +30 %. It equals the max-pool up to one float rounding of b − a.
+    # j = 1 stays a MaxPool node (no dilation).
+    """
+    if j == 1:
+        return F.max_pool2d(x, 2, stride=1)
+    c = x.shape[1]
+    first = x.new_tensor([1.0, 0.0]).repeat(c, 1)      # a: the first of the pair (exact)
+    step = x.new_tensor([-1.0, 1.0]).repeat(c, 1)      # b − a
+    for shape, dil in (((c, 1, 2, 1), (j, 1)), ((c, 1, 1, 2), (1, j))):
+        a = F.conv2d(x, first.view(shape), dilation=dil, groups=c)
+        x = a + F.relu(F.conv2d(x, step.view(shape), dilation=dil, groups=c))
+    return x
+
+
 class PatchNet(nn.Module):
     """p×p patch → d-dim descriptor; ``dense=True`` evaluates it at every valid position.
 
@@ -150,8 +173,10 @@ class PatchNet(nn.Module):
                 i += 1
                 x = F.leaky_relu(F.conv2d(x, conv.weight, conv.bias, dilation=j, groups=conv.groups), LEAK)
             elif dense:
-                # 2×2 max-pool, stride 1, dilation j: the multi-pool step (one MaxPool node in ONNX).
-                x = F.max_pool2d(x, 2, stride=1, dilation=j)
+                # The multi-pool step. Training keeps torch's dilated max-pool (the conv form made an
+                # eager forward + backward step about 1.5x slower); eval mode (the exported graph,
+                # calibration, evaluation) runs the TensorRT-ready conv form, equal up to one rounding.
+                x = F.max_pool2d(x, 2, stride=1, dilation=j) if self.training else max_pool2_dilated(x, j)
                 j *= 2
             else:
                 x = F.max_pool2d(x, 2, 2)
