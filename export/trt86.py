@@ -23,7 +23,7 @@ the manifest) and against TensorRT 8.6's rules (:mod:`adrt.export.trt_check`). N
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -231,8 +231,8 @@ def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=
             continue
         converted, rewrites = to_trt86(model)
         name = variant_file(e["file"])
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=root)
-        os.close(fd)
+        # Not mkstemp: its 0600 would stay on the model (others must be able to read a copied bundle).
+        tmp = root / f".{name}.adrt-tmp-{secrets.token_hex(4)}"
         try:
             onnx.save(converted, tmp)
             report = parity(src, Path(tmp), images)

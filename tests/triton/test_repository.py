@@ -45,7 +45,8 @@ def test_python_form_layout_config_and_checksums(tmp_path, bundle):
     assert "cam1/1  python  padim  checksums ok" in r.output and "checked against tritonclient" in r.output
     v1 = repo / "cam1" / "1"
     # The version folder is the bundle itself plus model.py, so the runtime verifies it on load.
-    assert sorted(p.name for p in v1.iterdir()) == ["adrt-triton.json", "manifest.json", "model.onnx", "model.py"]
+    listed = json.loads((bundle / "manifest.json").read_text())["files"]
+    assert sorted(p.name for p in v1.iterdir()) == sorted(["adrt-triton.json", "manifest.json", "model.py", *listed])
     assert (v1 / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
     c = config_of(repo, "cam1")
     assert c["name"] == "cam1" and c["backend"] == "python" and c["max_batch_size"] == 4
