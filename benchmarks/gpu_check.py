@@ -333,9 +333,18 @@ def to_markdown(report: dict) -> str:
               "`adrt build-engine` (adrt.export.engine.PARITY_TOLERANCE).", "",
               "| bundle | precision | backend | p50 ms (batch 1) | images/s (batch 8) | parity | note |",
               "|---|---|---|---|---|---|---|"]
+    # A backend skipped for one and the same reason in every row is said once, under the table.
+    reasons = {}
+    for b in report["bundles"].values():
+        for row in b["precisions"].values():
+            for backend, r in row.items():
+                reasons.setdefault(backend, set()).add(r.get("skipped") if "skipped" in r else None)
+    everywhere = {k: next(iter(v)) for k, v in reasons.items() if len(v) == 1 and None not in v}
     for name, b in report["bundles"].items():
         for p, row in b["precisions"].items():
             for backend, r in row.items():
+                if backend in everywhere:
+                    continue
                 if "skipped" in r or "error" in r:
                     lines.append(f"| {name} | {p} | {backend} | - | - | - | {r.get('skipped') or r.get('error')[:300]} |")
                     continue
@@ -345,6 +354,8 @@ def to_markdown(report: dict) -> str:
                 note = (r.get("build") or {}).get("file") or ""
                 lines.append(f"| {name} | {p} | {backend} | {lat.get('p50_ms', float('nan')):.2f} | "
                              f"{lat.get('throughput_ips', float('nan')):.0f} | {par} | {note} |")
+    if everywhere:
+        lines += [""] + [f"- `{k}` skipped for every bundle and precision: {v}" for k, v in everywhere.items()]
     return "\n".join(lines) + "\n"
 
 
