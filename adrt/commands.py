@@ -62,9 +62,11 @@ def record_metrics(bundle, data, result, precision: str = "fp32") -> None:
     write_manifest(b.root, b.manifest)
 
 
-def _collect_images(inputs) -> list[Path]:
+def _collect_images(inputs, skip_references: bool = False) -> list[Path]:
     """Files as given; folders scanned recursively for images (entries named like images that are
-    not regular files, e.g. a FIFO or a folder ``x.png``, are skipped with a notice)."""
+    not regular files, e.g. a FIFO or a folder ``x.png``, are skipped with a notice).
+    ``skip_references``: reference images in a scanned folder (adrt.pairs) are not collected."""
+    from adrt.pairs import is_reference
     from adrt.runtime.image import scan_images
 
     paths = []
@@ -72,6 +74,8 @@ def _collect_images(inputs) -> list[Path]:
         p = Path(p)
         if p.is_dir():
             found = scan_images(p, recursive=True, notice=lambda m: click.echo(f"note: {m}", err=True))
+            if skip_references:
+                found = [f for f in found if not is_reference(f, root=p)]
             if not found:
                 raise DataError(f"{p}: no images found")
             paths += found
@@ -122,7 +126,11 @@ def _results_text(rows: list[dict], as_json: bool) -> str:
 @threads_option
 @precision_option
 def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, backend, threads, precision):
-    """Score INPUTS (images or folders) with BUNDLE."""
+    """Score INPUTS (images or folders) with BUNDLE.
+
+    A bundle that compares each image with a reference (`adrt info`: inputs image, reference)
+    pairs every image with its reference: DATA/reference/<same path below DATA> or <stem>_ref.png
+    next to it; references in scanned folders are not scored themselves."""
     from adrt.outputs import Kind, check_output, check_output_file, ensure_parent, staged_folder, write_bytes_atomic
     from adrt.runtime import load
     from adrt.runtime.image import read_image
@@ -136,8 +144,8 @@ def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, back
         ensure_parent(out)
     if overlays is not None:
         check_output(overlays, Kind.OVERLAYS, overwrite=overwrite, inputs=[bundle, *inputs], option="--overlays")
-    paths = _collect_images(inputs)
     with load(bundle, backend=backend, threads=threads, precision=precision) as s:
+        paths = _collect_images(inputs, skip_references=s.paired)
         r = s.run_files(paths, batch_size=batch_size, max_pixels=max_pixels)
         rows = [{"path": str(p), "score": float(r.scores[i]), "label": "anomalous" if r.labels[i] else "normal",
                  "raw_score": float(r.raw_scores[i])} for i, p in enumerate(paths)]
@@ -238,6 +246,8 @@ def info(bundle):
     click.echo(f"bundle      {bundle} (format {m['format_version']}, adrt {m['adrt_version']}), checksums ok")
     click.echo(f"method      {m['method']}  {json.dumps(m.get('config', {}))}")
     click.echo(f"input       uint8 N×{i['height']}×{i['width']}×{i['channels']} {i['color']}, resize {i['resize']}")
+    if b.contract.paired:
+        click.echo(f"inputs      {', '.join(b.contract.inputs)}: every image with its reference image, same size")
     for k, v in m["models"].items():
         extra = f", int8 target {v['int8_target']}" if v.get("int8_target") else ""
         extra += f" (opset {v['opset']}" + (f", for {v['target']}" if v.get("target") else "") + ")" if v.get("opset") else ""

@@ -298,7 +298,7 @@ class EngineEntry:
 # --- the manifest ------------------------------------------------------------------------------
 
 # Top-level keys in the order they are written; keys this version does not know follow them.
-_ORDER = ("format", "format_version", "adrt_version", "method", "config", "input", "outputs", "threshold",
+_ORDER = ("format", "format_version", "adrt_version", "method", "config", "input", "inputs", "outputs", "threshold",
           "calibration", "training", "metrics", "export", "models", "files", "engines")
 _DICTS = ("config", "outputs", "training", "metrics", "export")
 
@@ -319,10 +319,19 @@ class Manifest:
     sections: dict = field(default_factory=dict)     # config, outputs, training, metrics, export
     extra: dict = field(default_factory=dict)        # top-level keys this version does not know
     format_version: int = FORMAT_VERSION
+    #: The graph's uint8 inputs: ("image",), or ("image", "reference") for a method that compares
+    #: each image with a reference given at run time. Absent in a manifest: ("image",).
+    inputs: tuple = (INPUT_NAME,)
+
+    @property
+    def paired(self) -> bool:
+        """True when every image needs a reference image at run time."""
+        return REFERENCE_NAME in self.inputs
 
     def to_dict(self) -> dict:
         out = {"format": FORMAT, "format_version": self.format_version, "adrt_version": self.adrt_version,
-               "method": self.method, "input": self.input.to_manifest(), "threshold": self.threshold,
+               "method": self.method, "input": self.input.to_manifest(), "inputs": list(self.inputs),
+               "threshold": self.threshold,
                "models": {k: m.to_dict() for k, m in self.models.items()},
                "files": {k: f.to_dict() for k, f in self.files.items()}}
         if self.engines:
@@ -365,6 +374,10 @@ class Manifest:
         adrt_version = check_str("adrt_version", d.get("adrt_version", "?"))
         method = check_str("method", d["method"])
         spec = InputSpec.from_dict(d["input"], manifest=True)
+        inputs = d.get("inputs", [INPUT_NAME])
+        if not isinstance(inputs, list) or inputs not in ([INPUT_NAME], list(INPUT_NAMES)):
+            raise InputError(f"inputs={_show(inputs)}: expected [{INPUT_NAME!r}] or "
+                             f"[{INPUT_NAME!r}, {REFERENCE_NAME!r}] (both uint8 N×H×W×C as 'input' says)")
         # The calibrated outputs are sigmoids in (0, 1): a threshold outside it makes every label equal.
         threshold = check_float("threshold", d["threshold"], 0.0, 1.0, lo_open=True, hi_open=True)
         files_d = check_dict("files", d["files"])
@@ -399,23 +412,27 @@ class Manifest:
         extra = {k: v for k, v in d.items() if k not in _ORDER}
         return cls(method=method, input=spec, threshold=threshold, models=models, files=files, engines=engines,
                    calibration=copy.deepcopy(calibration), adrt_version=adrt_version,
-                   sections=copy.deepcopy(sections), extra=copy.deepcopy(extra), format_version=version)
+                   sections=copy.deepcopy(sections), extra=copy.deepcopy(extra), format_version=version,
+                   inputs=tuple(inputs))
 
 
 # --- the graph's I/O against the manifest ------------------------------------------------------
 
-def check_graph_io(inputs, outputs, spec: InputSpec, what: str) -> None:
-    """Check a loaded graph's I/O against the contract and ``spec``.
+def check_graph_io(inputs, outputs, spec: InputSpec, what: str, names: tuple | None = None) -> None:
+    """Check a loaded graph's I/O against the contract and ``spec`` (and the manifest's input
+    ``names`` when given).
 
     ``inputs``/``outputs``: lists of ``(name, dtype, shape)`` with dtype a numpy-style name
     ('uint8', 'float32') and shape a sequence whose items are ints for fixed dimensions and
     anything else (None, a symbol) for dynamic ones. Raises BundleError naming ``what``.
     """
     expect_in = (spec.height, spec.width, spec.channels)
-    names = [n for n, _, _ in inputs]
+    expected_names, names = names, [n for n, _, _ in inputs]
     if names not in ([INPUT_NAME], list(INPUT_NAMES)):
         raise BundleError(f"{what}: graph inputs {names}; expected {INPUT_NAME!r}, optionally followed by "
                           f"{REFERENCE_NAME!r}")
+    if expected_names is not None and names != list(expected_names):
+        raise BundleError(f"{what}: graph inputs {names}; the manifest's inputs are {list(expected_names)}")
     for name, dtype, shape in inputs:
         if dtype != "uint8" or not _shape_fits(shape, expect_in):
             raise BundleError(f"{what}: input {name!r} is {dtype} {_fmt(shape)}; the manifest says "

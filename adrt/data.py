@@ -93,8 +93,11 @@ class Dataset:
         return (self.root / "train" / GOOD).is_dir()
 
     @classmethod
-    def open(cls, root: Union[str, Path]) -> "Dataset":
+    def open(cls, root: Union[str, Path], references: bool = False) -> "Dataset":
         """Open an MVTec AD category folder or a plain folder of good images.
+
+        ``references``: the images have reference images (adrt.pairs); files named ``*_ref.*``
+        are then references, not images of the dataset.
 
         Raises :class:`~adrt.errors.DataError` for a missing folder, a folder without images, or a
         ``test/`` folder without images in its ``test/<type>/`` subfolders.
@@ -106,15 +109,16 @@ class Dataset:
             raise DataError(f"{root}: is a file, not a folder ({_LAYOUT_HINT})")
         name = root.resolve().name or str(root)
 
+        keep = _not_references if references else (lambda paths: paths)
         train_dir = root / "train" / GOOD
         if train_dir.is_dir():
-            train = list_images(train_dir)
+            train = keep(list_images(train_dir))
             if not train:
                 raise DataError(f"no images found in {train_dir} ({_LAYOUT_HINT})")
-            test = _read_test(root)
+            test = _read_test(root, keep)
             return cls(root=root, name=name, train=train, test=test)
 
-        train = list_images(root)
+        train = keep(list_images(root))
         if not train:
             hint = _LAYOUT_HINT
             categories = [d.name for d in _subfolders(root) if (d / "train" / GOOD).is_dir()]
@@ -127,7 +131,13 @@ class Dataset:
         return cls(root=root, name=name, train=train, test=[])
 
 
-def _read_test(root: Path) -> List[Sample]:
+def _not_references(paths: List[Path]) -> List[Path]:
+    from adrt.pairs import is_reference
+
+    return [p for p in paths if not is_reference(p.name)]
+
+
+def _read_test(root: Path, keep=lambda paths: paths) -> List[Sample]:
     test_dir = root / "test"
     if not test_dir.exists():
         return []
@@ -137,7 +147,7 @@ def _read_test(root: Path) -> List[Sample]:
     samples: List[Sample] = []
     for type_dir in _subfolders(test_dir):
         dtype = type_dir.name
-        for p in list_images(type_dir):
+        for p in keep(list_images(type_dir)):
             if dtype == GOOD:
                 samples.append(Sample(path=p, label=0, defect_type=GOOD, mask_path=None))
             else:

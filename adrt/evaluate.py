@@ -29,10 +29,16 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
 
     if out is not None:
         check_output(out, Kind.EVAL, overwrite=overwrite, inputs=[data, *inputs])
-    ds = Dataset.open(data)
+    paired = getattr(session, "paired", False)
+    ds = Dataset.open(data, references=paired)
     if not ds.test:
         raise DataError(f"{ds.root}: no test images (expected {ds.root}/test/<type>/*.png)")
     h, w = session.height, session.width
+    refs = None
+    if paired:
+        from adrt.pairs import find_references
+
+        refs = find_references([s.path for s in ds.test])     # one error names every image without one
     masks = load_masks(ds.test, h, w)
     if masks is None:
         msg = f"{ds.root}: some defect images have no ground-truth mask; pixel metrics skipped"
@@ -42,7 +48,7 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     maps, scores, calibrated = [], [], []
     for i in range(0, len(ds.test), batch_size):
         batch = load_images([s.path for s in ds.test[i : i + batch_size]], h, w)
-        r = session.run(batch)
+        r = session.run(batch, None if refs is None else load_images(refs[i : i + batch_size], h, w))
         maps.append(r.raw_maps)
         scores.append(r.raw_scores)
         calibrated.append(r.scores)
@@ -68,11 +74,11 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
             (tmp / "metrics.json").write_text(json.dumps(result, indent=2))
             (tmp / "metrics.txt").write_text(format_table(result) + "\n")
             if overlays:
-                _write_overlays(session, ds, tmp / "overlays", overlays, masks)
+                _write_overlays(session, ds, tmp / "overlays", overlays, masks, refs)
     return result
 
 
-def _write_overlays(session, ds, folder: Path, n: int, masks) -> None:
+def _write_overlays(session, ds, folder: Path, n: int, masks, refs=None) -> None:
     from adrt.runtime.overlay import save_panel
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +94,7 @@ def _write_overlays(session, ds, folder: Path, n: int, masks) -> None:
         k += 1
     h, w = session.height, session.width
     imgs = load_images([ds.test[i].path for i in order], h, w)
-    r = session.run(imgs)
+    r = session.run(imgs, None if refs is None else load_images([refs[i] for i in order], h, w))
     for j, i in enumerate(order):
         s = ds.test[i]
         save_panel(folder / f"{s.defect_type}_{s.path.stem}.png", imgs[j], r.maps[j], float(r.scores[j]),

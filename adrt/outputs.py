@@ -105,7 +105,7 @@ def _is_demo(p: Path) -> bool:
 
 def _is_dataset(p: Path) -> bool:
     # Only with the marker: a real MVTec category looks the same without it.
-    return (p / SYNTH_MARKER).is_file() and _entries(p) <= {SYNTH_MARKER, "train", "test", "ground_truth"}
+    return (p / SYNTH_MARKER).is_file() and _entries(p) <= {SYNTH_MARKER, "train", "test", "ground_truth", "reference", "golden.png"}
 
 
 _RECOGNISERS: dict[Kind, Callable[[Path], bool]] = {

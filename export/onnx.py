@@ -38,22 +38,25 @@ def export_onnx(detector: Detector, path: str | os.PathLike, batch: int = 2, ops
     detector = detector.eval()
     spec = detector.spec
     example = torch.zeros(batch, spec.height, spec.width, spec.channels, dtype=torch.uint8)
+    inputs = list(detector.input_names)
+    examples = tuple(example.clone() for _ in inputs)     # distinct tensors: never aliased into one input
     names = list(OUTPUT_NAMES)
     # One eager pass first: shape-dependent constants (the blur's upsampling matrices) become
     # buffers, which the exporter writes as initializers instead of tracing their construction.
     # A detector whose eager guard refuses the zero image (non-finite output) is still exported:
     # its graph carries the guard's NaN instead.
     with torch.no_grad(), contextlib.suppress(AdrtError):
-        detector(example[:1])
+        detector(*(e[:1] for e in examples))
     # The torch.export-based exporter: its graph comes out constant-folded (TF-"same" pads folded
     # into the convs, no shape arithmetic), about 12 % faster on ORT CPU than the TorchScript one.
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
             program = torch.onnx.export(
-                detector, (example,), input_names=[INPUT_NAME], output_names=names,
-                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
+                detector, examples, input_names=inputs, output_names=names,
+                dynamic_shapes={name: {0: batch_dim} for name in inputs},
                 opset_version=opset, dynamo=True, external_data=False, verbose=False,
             )
         except Exception as e:
@@ -118,14 +121,26 @@ def take_shapes_from_cast(model) -> int:
     return rewired
 
 
-def parity(detector: Detector, onnx_path: Path, images: np.ndarray) -> dict:
-    """Max differences between ONNX Runtime and torch on ``images`` (uint8 N×H×W×C)."""
+def sample_feeds(input_names, images: np.ndarray, references: np.ndarray | None = None) -> dict:
+    """Feeds for a graph's uint8 inputs: ``images``, and as ``reference`` (when the graph has one)
+    ``references`` or, by default, the same images in another order (the last one first)."""
+    feeds = {INPUT_NAME: images}
+    for name in input_names:
+        if name != INPUT_NAME:
+            feeds[name] = np.ascontiguousarray(np.roll(images, 1, axis=0) if references is None else references)
+    return feeds
+
+
+def parity(detector: Detector, onnx_path: Path, images: np.ndarray, references: np.ndarray | None = None) -> dict:
+    """Max differences between ONNX Runtime and torch on ``images`` (uint8 N×H×W×C), with
+    ``references`` (default: :func:`sample_feeds`) for a paired detector."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {INPUT_NAME: images})
+    feeds = sample_feeds(detector.input_names, images, references)
+    got = sess.run(None, feeds)
     with torch.inference_mode():
-        ref = [t.numpy() for t in detector(torch.from_numpy(images))]
+        ref = [t.numpy() for t in detector(*(torch.from_numpy(feeds[n]) for n in detector.input_names))]
     out = {}
     for name, g, r in zip(Detector.output_names, got, ref):
         err = float(np.abs(g - r).max())
@@ -178,6 +193,7 @@ def write_bundle(detector: Detector, meta: dict, folder: Path, *, sample_images:
         "method": meta["method"],
         "config": meta["config"],
         "input": spec.to_manifest(),
+        "inputs": list(detector.input_names),
         "outputs": {
             "anomaly_map": "float32 N×H×W, calibrated: 0.5 is the threshold",
             "score": "float32 N, calibrated: 0.5 is the threshold",

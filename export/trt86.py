@@ -186,7 +186,10 @@ def parity(a: Path, b: Path, images: np.ndarray) -> dict:
 
     runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (a, b)]
     names = [o.name for o in runs[0].get_outputs()]
-    ra, rb = (r.run(None, {"image": images}) for r in runs)
+    from adrt.export.onnx import sample_feeds
+
+    feeds = sample_feeds([i.name for i in runs[0].get_inputs()], images)
+    ra, rb = (r.run(None, feeds) for r in runs)
     out = {}
     for name, x, y in zip(names, ra, rb):
         same_nan = bool((np.isnan(x) == np.isnan(y)).all())

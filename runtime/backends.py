@@ -29,7 +29,8 @@ def open_backend(bundle, backend: BackendName, precision: str = "fp32", threads:
         from adrt.runtime.tensorrt import open_tensorrt  # tensorrt and pycuda are imported only here
 
         return open_tensorrt(bundle, precision)
-    return OrtBackend(bundle.model_path(precision), backend, threads, spec=bundle.contract.input)
+    return OrtBackend(bundle.model_path(precision), backend, threads, spec=bundle.contract.input,
+                      names=bundle.contract.inputs)
 
 
 def backend_names() -> list[str]:
@@ -49,7 +50,7 @@ class OrtBackend:
     """ONNX Runtime with the providers of ``backend``; the first one must really be active."""
 
     def __init__(self, onnx_path: str | os.PathLike, backend: BackendName = BackendName.ORT_CPU,
-                 threads: int | None = None, spec: InputSpec | None = None):
+                 threads: int | None = None, spec: InputSpec | None = None, names: tuple | None = None):
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is a base dependency
@@ -81,7 +82,8 @@ class OrtBackend:
                                f"refusing to fall back silently")
         if spec is not None:
             # A graph whose I/O differ from the manifest fails here, not at the first run.
-            check_graph_io(_io(self.session.get_inputs()), _io(self.session.get_outputs()), spec, str(onnx_path))
+            check_graph_io(_io(self.session.get_inputs()), _io(self.session.get_outputs()), spec, str(onnx_path),
+                           names)
         self.threads = threads or opts.intra_op_num_threads
         self.output_names = [o.name for o in self.session.get_outputs()]
 

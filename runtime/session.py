@@ -4,6 +4,11 @@
     with rt.load("bundle/") as det:
         result = det.run(batch)           # uint8 N×H×W×3 at the bundle's size, strict
         result = det.run_files(paths)     # decode + convert + resize by the bundle's rule
+
+A bundle whose manifest lists a ``reference`` input (change detection against a reference
+image given at run time, ``det.paired``) takes the references too: ``det.run(batch,
+references=refs)`` (same shape) and ``det.run_files(paths)`` (each image's reference found by the
+layout of adrt.pairs) or ``det.run_files(paths, references=ref_paths)``.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from adrt.contract import OUTPUT_DIMS, OUTPUT_NAMES
+from adrt.contract import INPUT_NAME, OUTPUT_DIMS, OUTPUT_NAMES, REFERENCE_NAME
 from adrt.contract import check_int
 from adrt.errors import BundleError, ClosedError, InputError, ResultError
 from adrt.runtime.backends import BackendName, open_backend, parse_backend
@@ -64,26 +69,53 @@ class Session:
     def method(self) -> str:
         return self.bundle.method
 
-    def check_batch(self, images: np.ndarray) -> np.ndarray:
+    @property
+    def paired(self) -> bool:
+        """True when every image needs its reference image (``run(images, references=...)``)."""
+        return self.bundle.contract.paired
+
+    def check_batch(self, images: np.ndarray, what: str = "images") -> np.ndarray:
         """Validate a uint8 N×H×W×C (or H×W×C) array against the bundle's input spec."""
         if not isinstance(images, np.ndarray):
-            raise InputError(f"images: expected a numpy uint8 array N×{self.height}×{self.width}×{self.channels}, "
+            raise InputError(f"{what}: expected a numpy uint8 array N×{self.height}×{self.width}×{self.channels}, "
                              f"got {type(images).__name__}")
         if images.ndim == 3:
             images = images[None]
         expected = (self.height, self.width, self.channels)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or images.shape[0] == 0:
-            raise InputError(f"images: expected uint8 N×{'×'.join(map(str, expected))} (NHWC, RGB), got "
+            raise InputError(f"{what}: expected uint8 N×{'×'.join(map(str, expected))} (NHWC, RGB), got "
                              f"{images.dtype} {'×'.join(map(str, images.shape))}; use run_files() or "
                              f"adrt.runtime.prepare() to convert and resize")
         return np.ascontiguousarray(images)
 
-    def run(self, images: np.ndarray) -> Result:
-        """Run a batch of uint8 N×H×W×C images at exactly the bundle's input size."""
+    def feeds(self, images: np.ndarray, references: np.ndarray | None = None) -> dict:
+        """The graph's inputs for ``images`` (and ``references`` of a paired bundle), checked."""
+        batch = self.check_batch(images)
+        if not self.paired:
+            if references is not None:
+                raise self._unpaired()
+            return {INPUT_NAME: batch}
+        if references is None:
+            raise InputError(f"references: this {self.method} bundle compares each image with a reference image; "
+                             f"pass references= (uint8, the images' shape {'×'.join(map(str, batch.shape))})")
+        refs = self.check_batch(references, "references")
+        if refs.shape != batch.shape:
+            raise InputError(f"references: {'×'.join(map(str, refs.shape))} for images "
+                             f"{'×'.join(map(str, batch.shape))}; expected one reference per image, same shape")
+        return {INPUT_NAME: batch, REFERENCE_NAME: refs}
+
+    def _unpaired(self) -> InputError:
+        return InputError(f"references: this {self.method} bundle takes no reference images (its manifest's "
+                          f"inputs are {list(self.bundle.contract.inputs)}); pass the images alone")
+
+    def run(self, images: np.ndarray, references: np.ndarray | None = None) -> Result:
+        """Run a batch of uint8 N×H×W×C images at exactly the bundle's input size; a paired
+        bundle (:attr:`paired`) also takes ``references``, one per image, of the same shape."""
         if self.backend is None:
             raise ClosedError(f"{self.bundle.root}: this Session was closed; load the bundle again to run it")
-        batch = self.check_batch(images)
-        out = self._check_outputs(self.backend.run({"image": batch}), len(batch))
+        feeds = self.feeds(images, references)
+        batch = feeds[INPUT_NAME]
+        out = self._check_outputs(self.backend.run(feeds), len(batch))
         # A diverging step (e.g. an iterative projection with too large a step size) yields NaN/Inf:
         # refuse it rather than hand back a map that looks like a result.
         bad = ~(np.isfinite(out["raw_score"]) & np.isfinite(out["raw_map"]).reshape(len(out["raw_map"]), -1).all(1))
@@ -109,19 +141,31 @@ class Session:
         return resize(to_rgb(image), self.height, self.width)
 
     def run_files(self, paths: Sequence[str | os.PathLike] | str | os.PathLike, batch_size: int = 8,
-                  max_pixels: int | None = None) -> Result:
+                  max_pixels: int | None = None, references: Sequence[str | os.PathLike] | None = None) -> Result:
         """Decode, convert and resize image files (one path or a sequence), then run them in
-        batches. ``max_pixels``: the decode limit per image (default: adrt.runtime.limits)."""
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        elif not isinstance(paths, Sequence):
-            raise InputError(f"run_files: paths of type {type(paths).__name__}; expected a path or a list of paths")
+        batches. ``max_pixels``: the decode limit per image (default: adrt.runtime.limits).
+        A paired bundle reads each image's reference from ``references`` (paths, one per image)
+        or, by default, finds it by the layout of adrt.pairs (an error names every image without one)."""
+        paths = _path_list(paths, "paths")
         batch_size = check_int("batch_size", batch_size, 1)
+        if references is not None:
+            references = _path_list(references, "references")
+            if not self.paired:
+                raise self._unpaired()
+            if len(references) != len(paths):
+                raise InputError(f"run_files: {len(references)} references for {len(paths)} images; expected one each")
+        elif self.paired:
+            from adrt.pairs import find_references
+
+            references = find_references(paths)
+
+        def load(files):
+            return np.stack([resize(read_image(p, max_pixels=max_pixels), self.height, self.width) for p in files])
+
         parts = []
         for i in range(0, len(paths), batch_size):
-            batch = np.stack([resize(read_image(p, max_pixels=max_pixels), self.height, self.width)
-                              for p in paths[i : i + batch_size]])
-            parts.append(self.run(batch))
+            refs = None if references is None else load(references[i : i + batch_size])
+            parts.append(self.run(load(paths[i : i + batch_size]), refs))
         if not parts:
             raise InputError("run_files: no images given")
         return Result(*(np.concatenate([getattr(r, f) for r in parts]) for f in ("maps", "scores", "raw_maps", "raw_scores")),
@@ -139,6 +183,14 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _path_list(paths, what: str) -> list:
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    if not isinstance(paths, Sequence):
+        raise InputError(f"run_files: {what} of type {type(paths).__name__}; expected a path or a list of paths")
+    return list(paths)
 
 
 def load(path: str | os.PathLike, backend: str = "ort-cpu", threads: int | None = None,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 # The input spec and calibration record are the bundle contract's (torch-free), re-exported here.
-from adrt.contract import OUTPUT_NAMES, Calibration, InputSpec  # noqa: F401
+from adrt.contract import INPUT_NAME, INPUT_NAMES, OUTPUT_NAMES, Calibration, InputSpec  # noqa: F401
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -134,27 +134,39 @@ class Detector(nn.Module):
         x = image.to(torch.float32).permute(0, 3, 1, 2) * (1.0 / 255.0)
         return (x - self.mean) / self.std
 
-    def raw(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Uncalibrated map N×H×W (upsampled, smoothed) and score N."""
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The graph's inputs: ``image``, and ``reference`` for a scorer that compares each image
+        with a reference image given at run time (its ``paired`` attribute)."""
+        return INPUT_NAMES if getattr(self.scorer, "paired", False) else (INPUT_NAME,)
+
+    def raw(self, image: torch.Tensor, reference: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated map N×H×W (upsampled, smoothed) and score N. ``reference``: the uint8
+        reference images (same shape as ``image``) of a paired scorer."""
         x = self.preprocess(image)
-        patch_map, patch_score = self.scorer(x)
+        if reference is None:
+            patch_map, patch_score = self.scorer(x)
+        else:
+            patch_map, patch_score = self.scorer(x, self.preprocess(reference))
         m = self.blur.upsample(patch_map, self.spec.height, self.spec.width)
         score = patch_score if patch_score is not None else m.flatten(1).amax(dim=1)
         return m, score
 
-    def forward(self, image: torch.Tensor):
-        raw_map, raw_score = self.raw(image)
+    def forward(self, image: torch.Tensor, reference: torch.Tensor | None = None):
+        raw_map, raw_score = self.raw(image, reference)
         amap = torch.sigmoid((raw_map - self.map_threshold) / self.map_scale)
         score = torch.sigmoid((raw_score - self.score_threshold) / self.score_scale)
         return amap, score, raw_map, raw_score
 
 
 @torch.inference_mode()
-def run_raw(detector: Detector, images, batch_size: int = 8):
-    """Raw maps and scores (numpy) for uint8 N×H×W×C images, in batches."""
+def run_raw(detector: Detector, images, batch_size: int = 8, references=None):
+    """Raw maps and scores (numpy) for uint8 N×H×W×C images (and their ``references`` for a
+    paired detector), in batches."""
     maps, scores = [], []
     for i in range(0, len(images), batch_size):
-        m, s = detector.raw(torch.from_numpy(images[i : i + batch_size]))
+        ref = None if references is None else torch.from_numpy(references[i : i + batch_size])
+        m, s = detector.raw(torch.from_numpy(images[i : i + batch_size]), ref)
         maps.append(m.numpy())
         scores.append(s.numpy())
     import numpy as np
@@ -162,13 +174,15 @@ def run_raw(detector: Detector, images, batch_size: int = 8):
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0) -> Calibration:
-    """Set thresholds from held-out normal images: threshold = mean + k·std of the normal values,
-    scale = std (so the normalised output crosses 0.5 at the threshold)."""
+def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0,
+              references=None) -> Calibration:
+    """Set thresholds from held-out normal images (and their ``references`` for a paired
+    detector): threshold = mean + k·std of the normal values, scale = std (so the normalised
+    output crosses 0.5 at the threshold)."""
     import numpy as np
 
     detector.eval()
-    maps, scores = run_raw(detector, normal_images)
+    maps, scores = run_raw(detector, normal_images, references=references)
     if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
         from adrt.errors import AdrtError
 

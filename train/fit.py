@@ -83,17 +83,26 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    ds = Dataset.open(data)
+    cls = get_method(method)
+    paired = getattr(cls, "needs_references", lambda c: False)(cfg)
+    ds = Dataset.open(data, references=paired)
     fit_paths, hold_paths = split_holdout(ds.train, holdout, min_holdout, seed)
     spec = InputSpec(height=size, width=size)
+    refs = {}
+    if paired:
+        # Every training image's reference is found before any is read (one error names them all).
+        from adrt.pairs import find_references
+
+        refs = dict(zip(fit_paths + hold_paths, find_references(fit_paths + hold_paths)))
     t0 = time.perf_counter()
     log(f"{method}: {len(fit_paths)} images to fit, {len(hold_paths)} held out for calibration, {size}x{size}")
     fit_imgs = load_images(fit_paths, size, size)
-    cls = get_method(method)
     probe = Detector(torch.nn.Identity(), spec)
-    scorer = cls.fit(cfg, fit_imgs, probe.preprocess, seed=seed, log=log)
+    extra = {"references": load_images([refs[p] for p in fit_paths], size, size)} if paired else {}
+    scorer = cls.fit(cfg, fit_imgs, probe.preprocess, seed=seed, log=log, **extra)
     det = Detector(scorer, spec, sigma=cfg.sigma).eval()
-    cal = calibrate(det, load_images(hold_paths, size, size))
+    hold_refs = load_images([refs[p] for p in hold_paths], size, size) if paired else None
+    cal = calibrate(det, load_images(hold_paths, size, size), references=hold_refs)
     seconds = time.perf_counter() - t0
     log(f"  trained in {seconds:.1f} s; image threshold {cal.score_threshold:.4g} (raw)")
     meta = {

@@ -28,6 +28,7 @@ def _import_builtin_methods() -> None:
     from adrt.train import inpaint  # noqa: F401
     from adrt.train import memae, vae  # noqa: F401
     from adrt.train import efficientad, students  # noqa: F401
+    from adrt.train import reference  # noqa: F401
 
 
 def available() -> list[str]:
