@@ -390,11 +390,11 @@ class Int8Target(str, enum.Enum):
 class _Batches:
     """A CalibrationDataReader (duck-typed: get_next) over uint8 N×H×W×3 images, in batches."""
 
-    def __init__(self, images: np.ndarray, batch: int = 8):
+    def __init__(self, images: np.ndarray, batch: int = 8, names=("image",)):
         # MinMax calibration keeps only per-batch minima and maxima (ReduceMin/Max outputs), so
         # memory does not grow with the image count. (CalibMaxIntermediateOutputs is not used:
         # in onnxruntime 1.32 it drops the ranges collected when the limit is reached.)
-        self._it: Iterator[dict] = ({"image": images[i : i + batch]} for i in range(0, len(images), batch))
+        self._it: Iterator[dict] = (_feeds(names, images[i : i + batch]) for i in range(0, len(images), batch))
 
     def get_next(self):
         return next(self._it, None)
@@ -430,7 +430,7 @@ def quantize_int8(model, calib_images: np.ndarray, target: Int8Target | str = In
         restore = _calibration_threads(threads)
         try:
             quantize_static(
-                str(src), str(dst), _Batches(calib_images), quant_format=QuantFormat.QDQ,
+                str(src), str(dst), _Batches(calib_images, names=_graph_inputs(model)), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=sorted(set(op_types)), nodes_to_quantize=nodes, per_channel=True,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
@@ -694,8 +694,26 @@ def choose_int8(model, calib_images: np.ndarray, target: Int8Target | str = Int8
                       f"(tried {tried}); use fp16 for this model")
 
 
+def _feeds(names, images: np.ndarray) -> dict:
+    """A graph's feeds for ``images``: a second (reference) input gets the images in another order."""
+    from adrt.export.onnx import sample_feeds
+
+    return sample_feeds(names, images)
+
+
+def _graph_inputs(model) -> list:
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def _input_names(session) -> list:
+    return [i.name for i in session.get_inputs()]
+
+
 def _raw_scores(session, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([session.run(["raw_score"], {"image": images[i : i + 8]})[0] for i in range(0, len(images), 8)])
+    names = _input_names(session)
+    return np.concatenate([session.run(["raw_score"], _feeds(names, images[i : i + 8]))[0]
+                           for i in range(0, len(images), 8)])
 
 
 def _parse_target(value) -> Int8Target:
@@ -773,8 +791,9 @@ def variant_parity(fp32_path: Path, variant_path: Path, images: np.ndarray, thre
     ref = _session(fp32_path, threads)
     got = _session(variant_path, threads)
     names = [o.name for o in ref.get_outputs()]
-    r = [np.concatenate(x) for x in zip(*(ref.run(None, {"image": images[i : i + 8]}) for i in range(0, len(images), 8)))]
-    g = [np.concatenate(x) for x in zip(*(got.run(None, {"image": images[i : i + 8]}) for i in range(0, len(images), 8)))]
+    feeds = [_feeds(_input_names(ref), images[i : i + 8]) for i in range(0, len(images), 8)]
+    r = [np.concatenate(x) for x in zip(*(ref.run(None, f) for f in feeds))]
+    g = [np.concatenate(x) for x in zip(*(got.run(None, f) for f in feeds))]
     for name, a, b in zip(names, r, g):
         if not np.isfinite(b).all():
             raise BundleError(f"{variant_path.name}: output {name} is not finite on the calibration images")

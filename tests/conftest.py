@@ -58,7 +58,12 @@ def runs(tmp_path_factory, synth_data):
             from adrt.export.cli import export_run
             from adrt.train.fit import train
 
-            run = train(method, synth_data, root / method, size=SIZE, seed=0, log=lambda *a, **k: None)
+            # The reference method, here with one golden image (one input, like every other method);
+            # its per-image references (a second input) are tested in tests/train/test_reference.py.
+            options = {"golden": str(sorted((synth_data / "train" / "good").iterdir())[0])} \
+                if method == "reference" else None
+            run = train(method, synth_data, root / method, size=SIZE, seed=0, log=lambda *a, **k: None,
+                        options=options)
             bundle = export_run(run, root / f"{method}_bundle", synth_data)
             cache[method] = (run, bundle)
         return cache[method]

@@ -28,6 +28,7 @@ class Reference:
     @staticmethod
     def fit(cfg: ReferenceConfig, images, preprocess, seed: int = 0, log=print, references=None) -> ReferenceScorer:
         scorer = ReferenceScorer(cfg, pretrained=True).eval()
+        golden = None
         if cfg.golden:
             from adrt.data import load_images
 
@@ -47,7 +48,7 @@ class Reference:
         scorer.chan_scale = (1.0 / std.clamp_min(1e-3 * float(std.max()))).view(1, -1, 1, 1).contiguous()
         feats = feats * scorer.chan_scale
         if cfg.golden:
-            scorer.golden_feats = embed_images(scorer.features, preprocess, np.ascontiguousarray(references[:1]))
+            scorer.golden_feats = embed_images(scorer.features, preprocess, golden)
             scorer.golden_feats = (scorer.golden_feats * scorer.chan_scale).contiguous()
             ref_feats = scorer.golden_feats
         else:
