@@ -103,3 +103,26 @@ def methods() -> list[str]:
     except ImportError:  # runtime-only install
         return []
     return available()
+
+
+@pytest.fixture(scope="session")
+def pair_data(tmp_path_factory) -> Path:
+    """Tiny reference/test pairs (adrt.synth_pairs): two designs, so references differ per image."""
+    from adrt.synth_pairs import make_pairs
+
+    return make_pairs(tmp_path_factory.mktemp("pairs") / "boards", size=SIZE, n_train=10, n_test_good=2,
+                      n_test_change=4, designs=2, shift=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def paired_run(tmp_path_factory, pair_data):
+    """(run, bundle) of the reference method with per-image references (two graph inputs) and the
+    in-graph alignment search on, trained on ``pair_data`` and exported once per session."""
+    pytest.importorskip("torch")
+    from adrt.export.cli import export_run
+    from adrt.train.fit import train
+
+    root = tmp_path_factory.mktemp("paired")
+    run = train("reference", pair_data, root / "run", size=SIZE, seed=0, log=lambda *a, **k: None,
+                options={"align": 1})
+    return run, export_run(run, root / "bundle", pair_data)

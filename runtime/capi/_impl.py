@@ -170,34 +170,63 @@ def bind(ffi, lib, built_for: str) -> None:
         finally:
             table.release(entry)
 
-    @guarded
-    def run(handle, images, images_len, n, height, width, channels, maps, maps_len, scores, scores_len):
+    def view(buf, need: int, shape) -> np.ndarray:
+        # A view of the caller's bytes, not a copy; the runtime checks it against the bundle.
+        a = np.frombuffer(ffi.buffer(buf, need), dtype=np.uint8).reshape(shape)
+        a.flags.writeable = False
+        return a
+
+    def run_images(fn, handle, images, images_len, references, references_len, n, height, width, channels,
+                   maps, maps_len, scores, scores_len):
         shape = (n, height, width, channels)
         if min(shape) < 1:
-            raise _Failure(E_ARGUMENT, f"adrt_run: n, height, width, channels = {n}, {height}, {width}, "
+            raise _Failure(E_ARGUMENT, f"{fn}: n, height, width, channels = {n}, {height}, {width}, "
                                        f"{channels}; expected all ≥ 1")
         need = n * height * width * channels
-        if images_len != need:
-            raise _Failure(E_BUFFER, f"adrt_run: images_len = {images_len}; expected n*height*width*channels "
-                                     f"= {n}*{height}*{width}*{channels} = {need}")
-        entry = table.acquire(handle, "adrt_run")
+        for what, length in (("images_len", images_len), ("references_len", references_len)):
+            if length is not None and length != need:
+                raise _Failure(E_BUFFER, f"{fn}: {what} = {length}; expected n*height*width*channels "
+                                         f"= {n}*{height}*{width}*{channels} = {need}")
+        entry = table.acquire(handle, fn)
         try:
             s = entry.session
-            # A view of the caller's bytes, not a copy; the runtime checks it against the bundle.
-            batch = np.frombuffer(ffi.buffer(images, need), dtype=np.uint8).reshape(shape)
-            batch.flags.writeable = False
-            s.check_batch(batch)
+            if s.paired != (references is not None):
+                raise _Failure(E_INPUT, f"{fn}: this {s.method} bundle takes {2 if s.paired else 1} image buffer(s) "
+                                        f"per run (adrt_input_count); use "
+                                        f"{'adrt_run_pair with one reference per image' if s.paired else 'adrt_run'}")
+            batch = view(images, need, shape)
+            refs = None if references is None else view(references, need, shape)
+            s.feeds(batch, refs)
             need_maps = n * s.height * s.width
             if maps != ffi.NULL and maps_len < need_maps:
-                raise _Failure(E_BUFFER, f"adrt_run: maps_len = {maps_len}; expected at least n*H*W = "
+                raise _Failure(E_BUFFER, f"{fn}: maps_len = {maps_len}; expected at least n*H*W = "
                                          f"{n}*{s.height}*{s.width} = {need_maps} floats")
             if scores_len < n:
-                raise _Failure(E_BUFFER, f"adrt_run: scores_len = {scores_len}; expected at least n = {n}")
-            r = s.run(batch)
+                raise _Failure(E_BUFFER, f"{fn}: scores_len = {scores_len}; expected at least n = {n}")
+            r = s.run(batch, refs)
             # The one copy: the runtime's output arrays into the caller's buffers.
             ffi.memmove(scores, np.ascontiguousarray(r.scores, dtype=np.float32), 4 * n)
             if maps != ffi.NULL:
                 ffi.memmove(maps, np.ascontiguousarray(r.maps, dtype=np.float32), 4 * need_maps)
+        finally:
+            table.release(entry)
+
+    @guarded
+    def run(handle, images, images_len, n, height, width, channels, maps, maps_len, scores, scores_len):
+        run_images("adrt_run", handle, images, images_len, None, None, n, height, width, channels, maps,
+                   maps_len, scores, scores_len)
+
+    @guarded
+    def run_pair(handle, images, images_len, references, references_len, n, height, width, channels, maps,
+                 maps_len, scores, scores_len):
+        run_images("adrt_run_pair", handle, images, images_len, references, references_len, n, height, width,
+                   channels, maps, maps_len, scores, scores_len)
+
+    @guarded
+    def input_count(handle, count_p):
+        entry = table.acquire(handle, "adrt_input_count")
+        try:
+            count_p[0] = 2 if entry.session.paired else 1
         finally:
             table.release(entry)
 

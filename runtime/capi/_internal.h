@@ -10,4 +10,8 @@ int adrt__py_threshold(int64_t handle, float *threshold);
 int adrt__py_run(int64_t handle, const uint8_t *images, size_t images_len, int n, int height,
                  int width, int channels, float *maps, size_t maps_len, float *scores,
                  size_t scores_len);
+int adrt__py_input_count(int64_t handle, int *count);
+int adrt__py_run_pair(int64_t handle, const uint8_t *images, size_t images_len, const uint8_t *references,
+                      size_t references_len, int n, int height, int width, int channels, float *maps,
+                      size_t maps_len, float *scores, size_t scores_len);
 int adrt__py_close(int64_t handle);

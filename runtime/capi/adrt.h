@@ -93,6 +93,19 @@ int adrt_run(adrt_handle handle, const uint8_t *images, size_t images_len, int n
              int width, int channels, float *maps, size_t maps_len, float *scores,
              size_t scores_len);
 
+/* How many image buffers each run takes: 1, or 2 for a bundle that compares every image with a
+ * reference image given at run time (change detection: `adrt info` shows its inputs). A bundle with
+ * a golden reference stored inside it takes 1. */
+int adrt_input_count(adrt_handle handle, int *count);
+
+/* adrt_run for a bundle whose adrt_input_count is 2: `references` holds one reference image per
+ * image, uint8 n×height×width×channels like `images` (`references_len` must equal `images_len`).
+ * Both buffers are read in place. adrt_run on such a bundle fails with ADRT_E_INPUT, as does
+ * adrt_run_pair on a bundle that takes one input. */
+int adrt_run_pair(adrt_handle handle, const uint8_t *images, size_t images_len,
+                  const uint8_t *references, size_t references_len, int n, int height, int width,
+                  int channels, float *maps, size_t maps_len, float *scores, size_t scores_len);
+
 /* Close the handle: waits for runs in flight on it, then frees its model. */
 int adrt_close(adrt_handle handle);
 

@@ -181,6 +181,39 @@ ADRT__API int adrt_run(adrt_handle handle, const uint8_t *images, size_t images_
                                      maps_len, scores, scores_len));
 }
 
+ADRT__API int adrt_input_count(adrt_handle handle, int *count)
+{
+    int rc;
+    adrt__error[0] = '\0';
+    ADRT__REQUIRE(count, "adrt_input_count", "an int * to receive the number of image buffers");
+    if ((rc = adrt__ready()) != ADRT_OK)
+        return rc;
+    return adrt__result(adrt__py_input_count(handle, count));
+}
+
+ADRT__API int adrt_run_pair(adrt_handle handle, const uint8_t *images, size_t images_len,
+                            const uint8_t *references, size_t references_len, int n, int height,
+                            int width, int channels, float *maps, size_t maps_len, float *scores,
+                            size_t scores_len)
+{
+    int rc;
+    adrt__error[0] = '\0';
+    ADRT__REQUIRE(images, "adrt_run_pair", "n*height*width*channels uint8 bytes (NHWC, RGB)");
+    ADRT__REQUIRE(references, "adrt_run_pair",
+                  "n*height*width*channels uint8 bytes, one reference per image");
+    ADRT__REQUIRE(scores, "adrt_run_pair", "a buffer of at least n floats");
+    if (maps == NULL && maps_len != 0)
+        return adrt__fail(ADRT_E_NULL,
+                          "adrt_run_pair: maps is NULL with maps_len = %zu; expected a buffer of at "
+                          "least n*H*W floats, or maps_len = 0 for scores only",
+                          maps_len);
+    if ((rc = adrt__ready()) != ADRT_OK)
+        return rc;
+    return adrt__result(adrt__py_run_pair(handle, images, images_len, references, references_len, n,
+                                          height, width, channels, maps, maps_len, scores,
+                                          scores_len));
+}
+
 ADRT__API int adrt_close(adrt_handle handle)
 {
     int rc;
