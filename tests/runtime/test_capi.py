@@ -553,3 +553,92 @@ def test_invalid_bundles_and_thread_counts_get_their_own_status_codes(capi, bund
         assert got == status, (threads, p.stdout)
         if status:
             assert f"expected 0 (ONNX Runtime's default) or a thread count from 1 to {max_threads()}" in p.stdout
+
+
+PAIR_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "adrt.h"
+
+/* argv: bundle, n, images file, references file. Prints the input count, then per image its score;
+ * then the status of adrt_run on this bundle (which takes two buffers) and of bad pair calls. */
+static void show(const char *name, int status)
+{
+    const char *message = "";
+    adrt_last_error(&message);
+    printf("%s\t%d\t%s\n", name, status, message);
+}
+
+int main(int argc, char **argv)
+{
+    adrt_handle h;
+    int n, count = 0, height, width, channels, i;
+    size_t len;
+    uint8_t *images, *refs;
+    float *maps, *scores;
+    FILE *f;
+
+    if (argc != 5 || adrt_open(argv[1], NULL, 1, &h) != ADRT_OK)
+        return 2;
+    n = atoi(argv[2]);
+    show("input_count", adrt_input_count(h, &count));
+    printf("count\t%d\n", count);
+    show("input_count_null", adrt_input_count(h, NULL));
+    adrt_input_size(h, &height, &width, &channels);
+    len = (size_t)n * height * width * channels;
+    images = malloc(len);
+    refs = malloc(len);
+    maps = malloc(sizeof(float) * n * height * width);
+    scores = malloc(sizeof(float) * n);
+    f = fopen(argv[3], "rb");
+    if (fread(images, 1, len, f) != len) return 3;
+    fclose(f);
+    f = fopen(argv[4], "rb");
+    if (fread(refs, 1, len, f) != len) return 3;
+    fclose(f);
+    show("run_pair", adrt_run_pair(h, images, len, refs, len, n, height, width, channels, maps,
+                                   (size_t)n * height * width, scores, n));
+    for (i = 0; i < n; i++)
+        printf("score\t%.9g\t%.9g\n", scores[i], maps[(size_t)i * height * width + 5 * width + 7]);
+    show("run_one_buffer", adrt_run(h, images, len, n, height, width, channels, maps,
+                                    (size_t)n * height * width, scores, n));
+    show("pair_null_refs", adrt_run_pair(h, images, len, NULL, len, n, height, width, channels, maps,
+                                         (size_t)n * height * width, scores, n));
+    show("pair_refs_len", adrt_run_pair(h, images, len, refs, len - 1, n, height, width, channels, maps,
+                                        (size_t)n * height * width, scores, n));
+    adrt_close(h);
+    return 0;
+}
+"""
+
+
+def test_two_buffer_runs_from_c_equal_the_python_runtime(capi, paired_run, pair_data, bundle, tmp_path):
+    import adrt.runtime as rt
+    from adrt.data import Dataset, load_images
+    from adrt.pairs import find_references
+
+    exe = compile_c(capi, "pair", PAIR_C)
+    paths = [s.path for s in Dataset.open(pair_data, references=True).test]
+    x = load_images(paths, SIZE, SIZE)
+    r = load_images(find_references(paths), SIZE, SIZE)
+    x.tofile(tmp_path / "x.u8")
+    r.tofile(tmp_path / "r.u8")
+    p = run_c(exe, paired_run[1], len(x), tmp_path / "x.u8", tmp_path / "r.u8")
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = [ln.split("\t") for ln in p.stdout.splitlines()]
+    status = {ln[0]: (int(ln[1]), ln[2]) for ln in lines if ln[0] not in ("count", "score")}
+    assert ["2"] == [ln[1] for ln in lines if ln[0] == "count"] and status["input_count"][0] == 0
+    assert status["input_count_null"][0] == 1
+    assert status["run_pair"] == (0, "")
+    with rt.load(paired_run[1], threads=1) as s:
+        py = s.run(x, references=r)
+    c = np.array([[float(ln[1]), float(ln[2])] for ln in lines if ln[0] == "score"], np.float32)
+    np.testing.assert_array_equal(c[:, 0], py.scores)
+    np.testing.assert_array_equal(c[:, 1], py.maps[:, 5, 7])
+    assert status["run_one_buffer"][0] == 6 and "adrt_run_pair" in status["run_one_buffer"][1]
+    assert status["pair_null_refs"][0] == 1 and "references" in status["pair_null_refs"][1]
+    assert status["pair_refs_len"][0] == 7 and "references_len" in status["pair_refs_len"][1]
+    # A one-input bundle refuses the second buffer.
+    p = run_c(exe, bundle, len(x), tmp_path / "x.u8", tmp_path / "r.u8")
+    lines = {ln.split("\t")[0]: ln.split("\t") for ln in p.stdout.splitlines()}
+    assert lines["count"][1] == "1" and lines["run_pair"][1] == "6" and "use adrt_run" in lines["run_pair"][2]
