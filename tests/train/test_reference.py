@@ -208,3 +208,35 @@ def test_cli_eval_uses_the_references(paired_run, pair_data, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert m["data"]["n_test"] == 6 and m["data"]["pixel_metrics"]
+
+
+def test_self_supervised_finetune_changes_only_the_tapped_blocks_and_exports(pair_data, tmp_path):
+    from adrt.data import Dataset, load_images
+    from adrt.export.cli import export_run
+    from adrt.pairs import find_references
+    from adrt.train.backbone import load_pretrained
+    from adrt.train.fit import load_run, train
+    from adrt.train.reference.finetune import cutpaste
+
+    x = torch.zeros(3, 3, 64, 64)
+    x[:, :, :, 32:] = 1.0
+    pasted, mask = cutpaste(x, np.random.default_rng(0))
+    changed = (pasted != x).any(1, keepdim=True)
+    assert torch.equal(changed, mask.bool())              # the mask is exactly the changed pixels
+
+    run = train("reference", pair_data, tmp_path / "run", size=SIZE, log=lambda *a, **k: None,
+                options={"finetune_steps": 3, "finetune_lr": 1e-3})
+    det, meta = load_run(run)
+    assert meta["config"]["finetune_steps"] == 3
+    tuned, ref = det.scorer.features.backbone, load_pretrained("lite0")
+    last = max(det.scorer.features.taps)
+    assert not torch.equal(tuned._blocks[last]._project_conv.weight, ref._blocks[last]._project_conv.weight)
+    assert torch.equal(tuned._blocks[last + 1]._project_conv.weight, ref._blocks[last + 1]._project_conv.weight)
+    assert not any(p.requires_grad for p in tuned.parameters())
+    bundle = export_run(run, tmp_path / "bundle", pair_data)     # parity with ORT is checked at export
+    import adrt.runtime as rt
+
+    paths = [s.path for s in Dataset.open(pair_data, references=True).test]
+    with rt.load(bundle) as s:
+        r = s.run(load_images(paths, SIZE, SIZE), references=load_images(find_references(paths), SIZE, SIZE))
+    assert np.isfinite(r.raw_scores).all()

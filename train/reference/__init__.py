@@ -40,7 +40,8 @@ class Reference:
         if cfg.finetune_steps:
             from adrt.train.reference.finetune import finetune
 
-            finetune(scorer.features, images, references, preprocess, cfg, seed=seed, log=log)
+            done = finetune(scorer, images, references, preprocess, cfg, seed=seed, log=log)
+            log(f"  fine-tuned {cfg.finetune_steps} steps: loss {done['loss_first']:.4f} -> {done['loss_last']:.4f}")
         progress = lambda i, n: log(f"  features {i}/{n}", end="\r")  # noqa: E731
         feats = embed_images(scorer.features, preprocess, images, progress=progress)
         log("")

@@ -81,9 +81,10 @@ class ReferenceScorer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x) * self.chan_scale
 
-    def distance(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def distance(self, f: torch.Tensor, g: torch.Tensor, squared: bool = False) -> torch.Tensor:
         """Min feature distance N×h×w of ``f`` (N×C×h×w) to ``g`` (N or 1 ×C×h×w) within the
-        neighbourhood, after the global shift (±align cells) that makes it smallest on average."""
+        neighbourhood, after the global shift (±align cells) that makes it smallest on average
+        (``squared``: its square, differentiable everywhere)."""
         r, a = self.cfg.radius, self.cfg.align
         p = r + a
         h, w = f.shape[-2:]
@@ -112,7 +113,7 @@ class ReferenceScorer(nn.Module):
             best = (means <= means.amin(1, keepdim=True)).to(f.dtype)                     # one-hot (ties shared)
             best = best / best.sum(1, keepdim=True)
             m2 = sum(best[:, k : k + 1, None] * c for k, c in enumerate(cands))
-        return m2.clamp_min(0.0).sqrt()
+        return m2 if squared else m2.clamp_min(0.0).sqrt()
 
     def forward(self, x: torch.Tensor, r: torch.Tensor | None = None):
         f = self.embed(x)
