@@ -269,16 +269,30 @@ def info(bundle):
 
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--size", type=click.IntRange(min=16), default=128, show_default=True)
+@click.option("--size", type=click.IntRange(min=16), default=None, help="Image side [default: 128; 512 with --pairs].")
 @click.option("--train", "n_train", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--test-good", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--test-defect", type=click.IntRange(min=1), default=10, show_default=True, help="Per defect type.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test-defect", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Per defect type (with --pairs: changed images in all, half missing, half extra strokes).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--pairs", is_flag=True, help="Reference/test pairs for change detection (printed-circuit-like designs "
+              "captured with small shifts, brightness changes and noise; missing/extra strokes), with a reference/ "
+              "folder mirroring train/ and test/.")
+@click.option("--designs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --pairs: distinct designs (1: one golden image, golden.png; more: references differ per image).")
+@click.option("--shift", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="With --pairs: the largest translation of a capture, in pixels.")
 @overwrite_option
-def synth(out, size, n_train, test_good, test_defect, seed, overwrite):
+def synth(out, size, n_train, test_good, test_defect, seed, pairs, designs, shift, overwrite):
     """Write a procedural dataset to OUT (MVTec AD layout, exact masks)."""
-    from adrt.synth import make_dataset
+    if pairs:
+        from adrt.synth_pairs import make_pairs
 
-    make_dataset(out, size=size, n_train=n_train, n_test_good=test_good, n_test_defect=test_defect, seed=seed,
-                 overwrite=overwrite)
+        make_pairs(out, size=size or 512, n_train=n_train, n_test_good=test_good, n_test_change=test_defect,
+                   designs=designs, shift=shift, seed=seed, overwrite=overwrite)
+    else:
+        from adrt.synth import make_dataset
+
+        make_dataset(out, size=size or 128, n_train=n_train, n_test_good=test_good, n_test_defect=test_defect,
+                     seed=seed, overwrite=overwrite)
     click.echo(f"dataset written to {out}")

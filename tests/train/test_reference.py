@@ -240,3 +240,22 @@ def test_self_supervised_finetune_changes_only_the_tapped_blocks_and_exports(pai
     with rt.load(bundle) as s:
         r = s.run(load_images(paths, SIZE, SIZE), references=load_images(find_references(paths), SIZE, SIZE))
     assert np.isfinite(r.raw_scores).all()
+
+
+def test_cli_synth_pairs(tmp_path):
+    from click.testing import CliRunner
+
+    from adrt.cli import main
+
+    out = tmp_path / "p"
+    args = ["synth", str(out), "--pairs", "--size", "64", "--train", "3", "--test-good", "1", "--test-defect", "2",
+            "--designs", "2"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert not (out / "golden.png").exists()          # two designs: no single golden image
+    assert sorted(p.name for p in (out / "reference" / "test").iterdir()) == ["extra", "good", "missing"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    assert CliRunner().invoke(main, args + ["--overwrite"]).exit_code == 0
+    r = CliRunner().invoke(main, args + ["--overwrite", "--shift", "9"])
+    assert r.exit_code == 1 and r.output.startswith("Error: shift=9.0")
