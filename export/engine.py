@@ -171,7 +171,10 @@ def build_engine(onnx_path: str | os.PathLike, precision: str, profile: BatchPro
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     opt_profile = builder.create_optimization_profile()
     lo, opt, hi = profile.shapes(height, width, channels)
-    opt_profile.set_shape(INPUT, lo, opt, hi)
+    # Every uint8 input of the graph (image, and reference for a change-detection graph) has the
+    # same shape and batch.
+    for i in range(network.num_inputs):
+        opt_profile.set_shape(network.get_input(i).name, lo, opt, hi)
     if config.add_optimization_profile(opt_profile) < 0:
         raise BackendError(f"TensorRT refused the optimisation profile min {lo} opt {opt} max {hi}")
     cache_state = "off"
@@ -217,8 +220,11 @@ def engine_parity(backend, onnx_path: Path, images: np.ndarray) -> dict:
     import onnxruntime as ort
 
     ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    want = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, {INPUT: images})))
-    got = backend.run({INPUT: images})
+    from adrt.export.onnx import sample_feeds
+
+    feeds = sample_feeds([i.name for i in ref.get_inputs()], images)
+    want = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, feeds)))
+    got = backend.run(feeds)
     out = {}
     for name, r in want.items():
         rec = {"shape": list(r.shape), "dtype": str(r.dtype)}

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from adrt.contract import INPUT_NAME as INPUT
+from adrt.contract import INPUT_NAMES
 from adrt.contract import OUTPUT_NAMES as OUTPUTS
 from adrt.errors import BackendError, BundleError
 
@@ -256,7 +257,8 @@ def select_plan(manifest: dict, precision: str, gpu: str, capability: tuple[int,
 # --- the backend ------------------------------------------------------------------------------
 
 class TensorRTBackend:
-    """Run a TensorRT plan: ``run({"image": uint8 N×H×W×3})`` → dict of float32 outputs.
+    """Run a TensorRT plan: ``run({"image": uint8 N×H×W×3})`` → dict of float32 outputs (and
+    ``"reference"``, the same shape, for a plan of a graph that compares images with references).
 
     Buffers are allocated once for the largest batch of the plan's optimisation profile (pinned host
     memory and device memory for every I/O tensor); larger batches run in slices of that size.
@@ -288,11 +290,16 @@ class TensorRTBackend:
             raise BackendError(f"TensorRT could not create an execution context: {self.logger.errors()}")
         self.io = self._tensors_v8() if self.major < 10 else self._tensors_v10()
         names = [t["name"] for t in self.io]
-        if [t["name"] for t in self.io if t["input"]] != [INPUT] or sorted(n for n in names if n != INPUT) != sorted(OUTPUTS):
-            raise BackendError(f"the plan's tensors are {names}; expected input {INPUT!r} and outputs {list(OUTPUTS)}")
+        self.inputs = [t["name"] for t in self.io if t["input"]]
+        if self.inputs not in ([INPUT], list(INPUT_NAMES)) or \
+                sorted(n for n in names if n not in self.inputs) != sorted(OUTPUTS):
+            raise BackendError(f"the plan's tensors are {names}; expected input {INPUT!r} (optionally "
+                               f"{INPUT_NAMES[1]!r}) and outputs {list(OUTPUTS)}")
+        for name in self.inputs:
+            t = self.io[names.index(name)]
+            if t["dtype"] != np.uint8:
+                raise BackendError(f"the plan's input {name!r} is {t['dtype']}, expected uint8")
         image = self.io[names.index(INPUT)]
-        if image["dtype"] != np.uint8:
-            raise BackendError(f"the plan's input {INPUT!r} is {image['dtype']}, expected uint8")
         lo, _, hi = image["profile"]
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         self.sample_shape = tuple(int(d) for d in hi[1:])
@@ -330,13 +337,15 @@ class TensorRTBackend:
 
     def _set_batch(self, n: int) -> None:
         shape = (n, *self.sample_shape)
-        if self.major < 10:
-            idx = next(t["index"] for t in self.io if t["input"])
-            ok = self.context.set_binding_shape(idx, shape)
-        else:
-            ok = self.context.set_input_shape(INPUT, shape)
-        if not ok:
-            raise BackendError(f"TensorRT refused input shape {shape}: {self.logger.errors()}")
+        for t in self.io:
+            if not t["input"]:
+                continue
+            if self.major < 10:
+                ok = self.context.set_binding_shape(t["index"], shape)
+            else:
+                ok = self.context.set_input_shape(t["name"], shape)
+            if not ok:
+                raise BackendError(f"TensorRT refused input shape {shape} for {t['name']!r}: {self.logger.errors()}")
 
     def _output_shape(self, t: dict) -> tuple[int, ...]:
         if self.major < 10:
@@ -366,13 +375,13 @@ class TensorRTBackend:
         if not ok:
             raise BackendError(f"TensorRT execution failed: {self.logger.errors()}")
 
-    def _run_slice(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        n = len(images)
+    def _run_slice(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(feeds[INPUT])
         self._set_batch(n)
-        inp = next(t for t in self.io if t["input"])
-        host_in = inp["host"][:n]
-        host_in[...] = images
-        self.cuda.to_device(inp["device"], host_in, self.stream)
+        for inp in (t for t in self.io if t["input"]):
+            host_in = inp["host"][:n]
+            host_in[...] = feeds[inp["name"]]
+            self.cuda.to_device(inp["device"], host_in, self.stream)
         self._execute()
         views = {}
         for t in self.io:
@@ -386,13 +395,18 @@ class TensorRTBackend:
         return {k: v.copy() for k, v in views.items()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if sorted(feeds) != sorted(self.inputs):
+            raise BackendError(f"the plan takes inputs {self.inputs}, got {sorted(feeds)}")
         images = feeds[INPUT]
-        if tuple(images.shape[1:]) != self.sample_shape or images.dtype != np.uint8:
-            raise BackendError(f"the plan takes uint8 N×{'×'.join(map(str, self.sample_shape))}, got "
-                               f"{images.dtype} {'×'.join(map(str, images.shape))}")
+        for name in self.inputs:
+            a = feeds[name]
+            if tuple(a.shape[1:]) != self.sample_shape or a.dtype != np.uint8 or len(a) != len(images):
+                raise BackendError(f"the plan takes uint8 N×{'×'.join(map(str, self.sample_shape))} for {name!r}, got "
+                                   f"{a.dtype} {'×'.join(map(str, a.shape))}")
         if len(images) < self.min_batch:
             raise BackendError(f"the plan's profile needs a batch of at least {self.min_batch}, got {len(images)}")
-        parts = [self._run_slice(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+        parts = [self._run_slice({k: v[i : i + self.max_batch] for k, v in feeds.items()})
+                 for i in range(0, len(images), self.max_batch)]
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -424,6 +438,10 @@ def open_tensorrt(bundle, precision: str, device: int = 0, cuda=None, trt=None) 
             backend.close()
             raise BundleError(f"{entry['file']}: the plan takes N×{'×'.join(map(str, backend.sample_shape))} "
                               f"images; the manifest says N×{'×'.join(map(str, want))}")
+        if backend.inputs != list(bundle.contract.inputs):
+            backend.close()
+            raise BundleError(f"{entry['file']}: the plan's inputs are {backend.inputs}; the manifest's are "
+                              f"{list(bundle.contract.inputs)}")
         return backend
     except BaseException:
         cuda.close()

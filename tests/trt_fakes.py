@@ -426,6 +426,13 @@ def fake_tensorrt(generation: int, gpu: FakeGPU, version: str | None = None) -> 
         def get_layer(self, i):
             return self.layers[i]
 
+        @property
+        def num_inputs(self):
+            return len(self.inputs)
+
+        def get_input(self, i):
+            return self.inputs[i]
+
     class OnnxParser:
         def __init__(self, network, logger):
             self.network, self.logger, self.errors = network, logger, []
@@ -450,9 +457,10 @@ def fake_tensorrt(generation: int, gpu: FakeGPU, version: str | None = None) -> 
             for n in typed.graph.node:
                 outs = [Tensor(o, _ONNX_TO_DT.get(vtypes.get(o), DataType.FLOAT), None) for o in n.output]
                 self.network.layers.append(Layer(n.name, outs))
-            inp = typed.graph.input[0]
-            self.network.input = Tensor(inp.name, _ONNX_TO_DT[inp.type.tensor_type.elem_type],
-                                        [d.dim_value or -1 for d in inp.type.tensor_type.shape.dim])
+            self.network.inputs = [Tensor(i.name, _ONNX_TO_DT[i.type.tensor_type.elem_type],
+                                          [d.dim_value or -1 for d in i.type.tensor_type.shape.dim])
+                                   for i in typed.graph.input]
+            self.network.input = self.network.inputs[0]
             return True
 
         @property
@@ -575,7 +583,7 @@ def fake_tensorrt(generation: int, gpu: FakeGPU, version: str | None = None) -> 
             if 0 not in config.pool:
                 _log(self.logger, Severity.ERROR, "fake: the workspace limit was not set")
                 return None
-            if len(config.profiles) != 1 or network.input.name not in config.profiles[0].shapes:
+            if len(config.profiles) != 1 or any(t.name not in config.profiles[0].shapes for t in network.inputs):
                 _log(self.logger, Severity.ERROR, "dynamic input needs an optimisation profile")
                 return None
             lo, opt, hi = config.profiles[0].shapes[network.input.name]
@@ -656,10 +664,11 @@ def fake_tensorrt(generation: int, gpu: FakeGPU, version: str | None = None) -> 
                 gpu._block(addr[name], size)
 
             def run():
-                name = e.inputs[0]
-                shape = e.shape_for(name, n)
-                x = np.frombuffer(gpu.read(addr[name], int(np.prod(shape))), np.uint8).reshape(shape)
-                for oname, y in zip(e.outputs, e.session.run(None, {name: x})):
+                feeds = {}
+                for name in e.inputs:
+                    shape = e.shape_for(name, n)
+                    feeds[name] = np.frombuffer(gpu.read(addr[name], int(np.prod(shape))), np.uint8).reshape(shape)
+                for oname, y in zip(e.outputs, e.session.run(None, feeds)):
                     gpu.write(addr[oname], np.ascontiguousarray(y, np.float32).tobytes())
 
             gpu.enqueue(handle, "execute", run)

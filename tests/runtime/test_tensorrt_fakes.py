@@ -290,3 +290,26 @@ def test_cli_build_engine_then_infer_on_tensorrt(monkeypatch, bundle, synth_data
     assert "batch 1/" in engine_lines[0] and "/4" in engine_lines[0]
     r = CliRunner().invoke(main, ["build-engine", str(bundle), "--min-batch", "3", "--opt-batch", "2"])
     assert r.exit_code != 0 and "1 ≤ min ≤ opt ≤ max" in r.output
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_a_two_input_bundle_builds_and_runs_with_its_references(monkeypatch, paired_run, tmp_path, generation):
+    import adrt.runtime as rt
+
+    dst = tmp_path / "paired"
+    shutil.copytree(paired_run[1], dst)
+    gpu, trt, _ = trt_fakes.install(monkeypatch, generation, "pycuda")
+    rec = _build(dst, "fp32", timing_cache=None)
+    assert rec["parity_ok"] is True and trt.calls.count("set_shape") == 2      # a profile for each input
+    x, r = _images(5), _images(5, seed=2)
+    with rt.load(dst, backend="tensorrt", precision="fp32") as s:
+        assert s.paired
+        got = s.run(x, references=r)                    # > max batch 4: slices of both inputs
+        with pytest.raises(Exception, match="references"):
+            s.run(x)
+    with rt.load(dst) as s:
+        want = s.run(x, references=r)
+    # TensorRT 8.x runs the opset-17 copy: equal to float32 rounding, not bit for bit.
+    for f in ("maps", "scores", "raw_maps", "raw_scores"):
+        np.testing.assert_allclose(getattr(got, f), getattr(want, f), rtol=1e-5, atol=1e-6, err_msg=f)
+    assert gpu.log[-8:] == ["htod", "htod", "execute", "dtoh", "dtoh", "dtoh", "dtoh", "sync"]
