@@ -81,3 +81,35 @@ def test_graph_io_is_checked_against_the_spec():
 def test_manifest_errors_name_the_file():
     with pytest.raises(BundleError, match=r"^where/manifest.json: not an adrt bundle manifest \(a JSON list"):
         Manifest.from_dict([], "where/manifest.json")
+
+
+def _manifest(**extra) -> dict:
+    return {"format": "adrt-bundle", "format_version": 1, "method": "reference",
+            "input": InputSpec(8, 8).to_manifest(), "threshold": 0.5,
+            "models": {"fp32": {"file": "model.onnx", "precision": "fp32"}},
+            "files": {"model.onnx": {"sha256": "0" * 64, "bytes": 1}}, **extra}
+
+
+def test_manifest_inputs_are_typed_and_default_to_the_image_alone():
+    m = Manifest.from_dict(_manifest())
+    assert m.inputs == ("image",) and not m.paired and m.to_dict()["inputs"] == ["image"]
+    m = Manifest.from_dict(_manifest(inputs=["image", "reference"]))
+    assert m.paired and Manifest.from_dict(m.to_dict()).inputs == ("image", "reference")
+    for bad in (["reference", "image"], ["image", "image"], "image", [], ["image", "reference", "x"]):
+        with pytest.raises(BundleError, match=r"manifest.json: inputs=.*expected \['image'\] or \['image', 'reference'\]"):
+            Manifest.from_dict(_manifest(inputs=bad))
+
+
+def test_graph_inputs_must_be_the_manifests():
+    spec = InputSpec(64, 64)
+    outputs = [("anomaly_map", "float32", ["b", 64, 64]), ("score", "float32", ["b"]),
+               ("raw_map", "float32", ["b", 64, 64]), ("raw_score", "float32", ["b"])]
+    one = [("image", "uint8", ["b", 64, 64, 3])]
+    two = one + [("reference", "uint8", ["b", 64, 64, 3])]
+    check_graph_io(two, outputs, spec, "m", ("image", "reference"))
+    with pytest.raises(BundleError, match=r"m: graph inputs \['image'\]; the manifest's inputs are"):
+        check_graph_io(one, outputs, spec, "m", ("image", "reference"))
+    with pytest.raises(BundleError, match=r"graph inputs \['image', 'reference'\]; the manifest's inputs are \['image'\]"):
+        check_graph_io(two, outputs, spec, "m", ("image",))
+    with pytest.raises(BundleError, match=r"input 'reference' is uint8 N×32×64×3"):
+        check_graph_io(one + [("reference", "uint8", ["b", 32, 64, 3])], outputs, spec, "m")
