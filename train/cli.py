@@ -135,7 +135,16 @@ def _run_demo(out: Path, method: str, size: int) -> None:
     from adrt.synth import make_dataset
     from adrt.train.fit import train as run_train
 
-    data = make_dataset(out / "data", size=size, n_train=60, n_test_good=10, n_test_defect=10, seed=0)
+    from adrt.train.fit import make_config
+    from adrt.train.registry import get_method
+
+    if getattr(get_method(method), "needs_references", lambda cfg: False)(make_config(method)):
+        from adrt.synth_pairs import make_pairs      # a method that compares each image with a reference
+
+        data = make_pairs(out / "data", size=size, n_train=60, n_test_good=10, n_test_change=10, designs=4,
+                          shift=min(4.0, size / 128), seed=0)
+    else:
+        data = make_dataset(out / "data", size=size, n_train=60, n_test_good=10, n_test_defect=10, seed=0)
     click.echo(f"1/5 dataset: {data}")
     run = run_train(method, data, out / "run", size=size)
     click.echo(f"2/5 trained: {run}")
