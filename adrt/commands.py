@@ -204,8 +204,10 @@ def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, back
 def bench_cmd(ctx, bundles, backends, threads, precisions, torch_runs, no_torch, torch_devices, runs, warmup, rounds,
               batch, frame, profile_runs, no_gemm, out, compare_to, regression_threshold, fail_on_regression):
     """Latency, throughput, memory and FLOPs of BUNDLES per backend, precision and thread count, interleaved."""
-    from adrt.runtime.bench import (bench_many, compare, load_report, pair_torch_runs, parse_frame,
-                                    recorded_torch_runs, to_markdown, write_report)
+    from adrt.bench.harness import bench_many
+    from adrt.bench.plan import pair_torch_runs, parse_frame, recorded_torch_runs
+    from adrt.bench.report import compare, load_report, write_report
+    from adrt.bench.report_md import to_markdown
 
     old = load_report(compare_to) if compare_to is not None else None   # a bad file fails before the long run
     paired = pair_torch_runs(bundles, torch_runs)

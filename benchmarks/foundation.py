@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
-from adrt.runtime.bench import TUNED_MALLOC  # glibc settings for torch eager's best case
+from adrt.bench.machine import TUNED_MALLOC  # glibc settings for torch eager's best case
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     from adrt.evaluate import evaluate_session
     from adrt.export.cli import export_run
     from adrt.runtime import load
-    from adrt.runtime.bench import bench, machine_info
+    from adrt.bench.harness import bench
+    from adrt.bench.machine import machine_info
     from adrt.train.fit import train
 
     torch.set_num_threads(args.threads)

@@ -13,7 +13,7 @@ Per dataset (128×128 inputs, CPU):
   and MemAE's SSIM map;
 * on the first dataset only (latency does not depend on the weights): bundles of the VAE at every
   K, the MMD head, MemAE and the AE, each benchmarked at batch 1 with ONNX Runtime CPU beside torch
-  eager in the same run (``adrt.runtime.bench.bench``).
+  eager in the same run (``adrt.bench.harness.bench``).
 
 Writes benchmarks/results/generative.{json,md}.
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from adrt.runtime.bench import machine_info
+    from adrt.bench.machine import machine_info
 
     torch.set_num_threads(args.threads)
     out_json = args.out.with_suffix(".json")
@@ -257,7 +257,7 @@ def dataset_rows(name: str, data: Path, args) -> list[dict]:
 def latency_rows(name: str, data: Path, args, previous: list[dict] = ()) -> list[dict]:
     """ORT vs torch eager per detector and thread count; a reused bundle keeps the export time that
     ``previous`` (the results file's latency rows) recorded for it."""
-    from adrt.runtime.bench import bench
+    from adrt.bench.harness import bench
 
     vae = args.work / f"vae_{data.name}"
     memae = args.work / f"memae_{data.name}"
@@ -320,7 +320,7 @@ def to_markdown(report: dict) -> str:
             "",
             "Host uint8 image in → map and score on the host; mean (p50/p99) over "
             f"{report['runs']} runs, ONNX Runtime CPU and torch eager interleaved in the same benchmark run "
-            "(`adrt.runtime.bench.bench`). The machine is shared, so absolute figures carry noise.",
+            "(`adrt.bench.harness.bench`). The machine is shared, so absolute figures carry noise.",
             "",
             "| detector | K | threads | ORT CPU ms | torch eager ms | ORT speed-up | export s | bundle MB |",
             "|---|---|---|---|---|---|---|---|",

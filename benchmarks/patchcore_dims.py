@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from adrt.evaluate import evaluate_session
     from adrt.export.cli import export_run
     from adrt.runtime import load
-    from adrt.runtime.bench import machine_info
+    from adrt.bench.machine import machine_info
     from adrt.train.backbone import tap_info, taps_for_strides
     from adrt.train.fit import train
     from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer

@@ -93,8 +93,9 @@ def main(argv=None) -> int:
     from adrt.evaluate import evaluate_session
     from adrt.export.cli import export_run
     from adrt.runtime import load
-    from adrt.runtime.bench import bench_many, machine_info
-    from adrt.runtime.flops import count
+    from adrt.bench.harness import bench_many
+    from adrt.bench.machine import machine_info
+    from adrt.bench.flops import count
     from adrt.train.fit import train
     from adrt.train.students import single_scale
 
@@ -294,7 +295,7 @@ def to_markdown(report: dict) -> str:
         f"{report['runs']} runs at {report['threads']} threads, ONNX Runtime CPU and torch eager interleaved in "
         "one run per dataset with PatchCore as the reference; the machine was shared with other jobs, so "
         "compare rows of the same dataset (same run), not absolute values across runs. GFLOPs: exported graph "
-        "at batch 1 (adrt.runtime.flops). Train s: wall time of `adrt train` on this 2-core CPU "
+        "at batch 1 (adrt.bench.flops). Train s: wall time of `adrt train` on this 2-core CPU "
         "(per-p rows are cut out of the multi-scale run and share its training).",
         "",
         "| config | dataset | image AUROC | pixel AUROC | AUPRO | F1-max | train s (threads) | ORT ms | torch ms | GFLOPs |",

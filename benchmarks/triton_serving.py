@@ -112,7 +112,7 @@ def write_repo(bundle: Path, work: Path, args) -> Path:
 
 
 def adrt_bench(bundle: Path, args) -> dict:
-    from adrt.runtime.bench import bench
+    from adrt.bench.harness import bench
 
     rep = bench(bundle, threads=args.threads, runs=args.bench_runs, warmup=10, batch=args.batch, gemm=False, log=None)
     e = rep["results"][0]

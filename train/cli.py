@@ -131,7 +131,9 @@ def _run_demo(out: Path, method: str, size: int) -> None:
     from adrt.export.cli import export_run
     from adrt.metrics import format_table
     from adrt.runtime import load
-    from adrt.runtime.bench import bench, to_markdown, write_report
+    from adrt.bench.harness import bench
+    from adrt.bench.report import write_report
+    from adrt.bench.report_md import to_markdown
     from adrt.synth import make_dataset
     from adrt.train.fit import train as run_train
 
