@@ -130,7 +130,7 @@ _EXPORT_SECONDS: dict[str, float] = {}
 def exported(run: Path, data: Path, args) -> tuple[Path, float | None]:
     """The run's bundle (exported unless reusable) and the export time (None when reused and not timed
     in this process)."""
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
 
     bundle = run.parent / f"{run.name}_bundle"
     if not (args.reuse and (bundle / "manifest.json").exists()):

@@ -64,7 +64,7 @@ def prepare(out: Path, size: int = 128, methods=None) -> list:
     """One bundle per registered method (fp16 and int8 models) under ``out``, and test images."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from adrt.data import Dataset, load_images
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.export.quantize import add_variant
     from adrt.synth import make_dataset
     from adrt.train.fit import train

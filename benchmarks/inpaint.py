@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     import torch
 
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.runtime import load
     from adrt.bench.harness import bench
     from adrt.bench.machine import machine_info

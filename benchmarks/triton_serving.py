@@ -40,7 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def make_bundle(work: Path, size: int) -> Path:
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.synth import make_dataset
     from adrt.train.fit import train
 

@@ -204,7 +204,7 @@ def test_runtime_with_a_variant_imports_neither_torch_nor_tensorrt(variants):
 
 def test_export_with_a_failing_variant_writes_no_bundle(runs, synth_data, tmp_path, monkeypatch):
     import adrt.export.quantize as quantize
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
 
     def fail(*a, **k):
         raise BundleError("INT8 moves normal scores too far")

@@ -1,4 +1,4 @@
-"""Torch-free subcommands: eval, infer, bench, info, synth."""
+"""Torch-free commands on bundles: eval, infer, bench, info."""
 from __future__ import annotations
 
 import csv
@@ -34,7 +34,7 @@ precision_option = click.option("--precision", type=click.Choice(["fp32", "fp16"
 @precision_option
 def eval_cmd(bundle, data, out, overlays, record, overwrite, backend, threads, precision):
     """Image AUROC, pixel AUROC, AUPRO and F1-max of BUNDLE on DATA's test split."""
-    from adrt.evaluate import evaluate_session
+    from adrt.evaluate import evaluate_session, record_metrics
     from adrt.metrics import format_table
     from adrt.outputs import Kind, check_output
     from adrt.runtime import load
@@ -46,20 +46,6 @@ def eval_cmd(bundle, data, out, overlays, record, overwrite, backend, threads, p
     click.echo(format_table(result))
     if record:
         record_metrics(bundle, data, result, precision)
-
-
-def record_metrics(bundle, data, result, precision: str = "fp32") -> None:
-    """Add eval results to a bundle folder's manifest (the manifest itself carries no checksum)."""
-    from adrt.runtime.bundle import open_bundle, write_manifest
-
-    b = open_bundle(bundle)
-    if b.is_zip:
-        b.cleanup()
-        raise DataError(f"{bundle}: --record needs a bundle folder, not a .zip")
-    key = Path(data).resolve().name + ("" if precision == "fp32" else f"@{precision}")
-    b.manifest.setdefault("metrics", {})[key] = {
-        k: result[k] for k in ("overall", "per_type", "counts", "at_threshold") if k in result}
-    write_manifest(b.root, b.manifest)
 
 
 def _collect_images(inputs) -> list[Path]:
@@ -257,20 +243,3 @@ def info(bundle):
         o = res["overall"]
         click.echo(f"metrics     {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in o.items() if isinstance(v, float)))
     b.cleanup()
-
-
-@click.command()
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--size", type=click.IntRange(min=16), default=128, show_default=True)
-@click.option("--train", "n_train", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--test-good", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--test-defect", type=click.IntRange(min=1), default=10, show_default=True, help="Per defect type.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@overwrite_option
-def synth(out, size, n_train, test_good, test_defect, seed, overwrite):
-    """Write a procedural dataset to OUT (MVTec AD layout, exact masks)."""
-    from adrt.synth import make_dataset
-
-    make_dataset(out, size=size, n_train=n_train, n_test_good=test_good, n_test_defect=test_defect, seed=seed,
-                 overwrite=overwrite)
-    click.echo(f"dataset written to {out}")
