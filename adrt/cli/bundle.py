@@ -8,11 +8,10 @@ from pathlib import Path
 
 import click
 
+from adrt.cli.options import overwrite_option
 from adrt.errors import DataError, OutputError
 from adrt.runtime.backends import backend_names
 
-overwrite_option = click.option("--overwrite", is_flag=True,
-                                help="Replace an existing output of this command's kind (never anything else).")
 backend_option = click.option("--backend", type=click.Choice(backend_names()), default="ort-cpu", show_default=True,
                               help="Execution backend; a backend that is not really active is an error.")
 threads_option = click.option("--threads", type=int, default=None,

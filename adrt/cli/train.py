@@ -6,17 +6,8 @@ from pathlib import Path
 
 import click
 
+from adrt.cli.options import overwrite_option, parse_set
 from adrt.errors import AdrtError
-
-
-def _parse_options(items) -> dict:
-    out = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        if not sep:
-            raise AdrtError(f"--set {it!r}: expected KEY=VALUE")
-        out[k.strip().replace("-", "_")] = v.strip()
-    return out
 
 
 @click.command()
@@ -38,7 +29,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
     from adrt.train.fit import make_config
     from adrt.train.fit import train as run_train
 
-    opts = _parse_options(options)
+    opts = parse_set(options)
     make_config(method, opts)                     # unknown method or bad --set: before anything else
     if bundle is not None:
         # Both outputs are checked before training starts, not after it.
@@ -165,8 +156,7 @@ def _run_demo(out: Path, method: str, size: int) -> None:
 @click.option("--test-good", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--test-defect", type=click.IntRange(min=1), default=10, show_default=True, help="Per defect type.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True,
-              help="Replace an existing output of this command's kind (never anything else).")
+@overwrite_option
 def synth(out, size, n_train, test_good, test_defect, seed, overwrite):
     """Write a procedural dataset to OUT (MVTec AD layout, exact masks)."""
     from adrt.synth import make_dataset
