@@ -142,7 +142,7 @@ def timed(run, h: int, w: int, runs: int, batch: int = 8) -> dict:
 
 def cuda_memory_path() -> dict:
     """The cuda-python path of the TensorRT backend on the real device (round trips of pinned buffers)."""
-    from adrt.runtime.tensorrt import _CudaPython
+    from adrt.runtime.cuda import _CudaPython
 
     cuda = _CudaPython(0)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 # Imported for their import closure; the TensorRT module imports tensorrt/pycuda lazily, so it loads here.
-RUNTIME_ENTRY = ["adrt.runtime", "adrt.runtime.session", "adrt.runtime.tensorrt", "adrt.runtime.overlay",
+RUNTIME_ENTRY = ["adrt.runtime", "adrt.runtime.session", "adrt.runtime.tensorrt", "adrt.runtime.cuda", "adrt.runtime.overlay",
                  "adrt.runtime.image", "adrt.runtime.capi._impl"]
 
 # Standard-library names that appeared in 3.11 or later (a small list of the ones a runtime would reach for).
