@@ -323,7 +323,7 @@ NOTES = [
 
 
 def to_markdown(report: dict) -> str:
-    from adrt.export.quantize import INT8_MAX_SCATTER_STD, INT8_MAX_SHIFT_STD
+    from adrt.export.int8 import INT8_MAX_SCATTER_STD, INT8_MAX_SHIFT_STD
 
     m = report["machine"]
     old = [r["case"] for r in report["results"] if "variants" in r and "measured" not in r]
