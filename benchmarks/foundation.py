@@ -24,12 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from _results import DATASETS, write_report  # benchmarks/_results.py (this folder is on sys.path)
 from adrt.bench.machine import TUNED_MALLOC  # glibc settings for torch eager's best case
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 
 
 def main(argv=None) -> int:

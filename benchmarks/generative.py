@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+from _results import DATASETS  # benchmarks/_results.py (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 
 
 def log(msg: str) -> None:

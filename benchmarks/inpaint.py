@@ -31,11 +31,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from _results import DATASETS, write_report  # benchmarks/_results.py (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 CELLS = (2, 4, 8, 16)
 # Mask sets reported (cells, n_masks). The first is RIAD's.
 SETS = [

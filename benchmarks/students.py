@@ -26,15 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from _results import DATASETS, write_report  # benchmarks/_results.py (this folder is on sys.path)
 
 # Before torch starts OpenMP: on a 2-core machine shared with other jobs, spinning OpenMP threads
 # make torch ~10× slower at 2 threads (measured); passive waiting removes that. Recorded in the JSON.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 OTHER = {"bottle": "magnetic_tile", "magnetic_tile": "bottle"}
 # name -> (method, options, derived from: (config, receptive field) or None). "{other}" is the other
 # dataset's folder (the teacher distilled on both datasets' training images).
