@@ -96,7 +96,7 @@ class Dataset:
     def open(cls, root: Union[str, Path], references: bool = False) -> "Dataset":
         """Open an MVTec AD category folder or a plain folder of good images.
 
-        ``references``: the images have reference images (adrt.pairs); files named ``*_ref.*``
+        ``references``: the images have reference images (adrt.runtime.pairs); files named ``*_ref.*``
         are then references, not images of the dataset.
 
         Raises :class:`~adrt.errors.DataError` for a missing folder, a folder without images, or a
@@ -132,7 +132,7 @@ class Dataset:
 
 
 def _not_references(paths: List[Path]) -> List[Path]:
-    from adrt.pairs import is_reference
+    from adrt.runtime.pairs import is_reference
 
     return [p for p in paths if not is_reference(p.name)]
 

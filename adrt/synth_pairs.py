@@ -12,7 +12,7 @@ Changes (the defects) are made to the design before capture, so they move with i
 * ``extra``: a new stroke a few px wide where the board was empty (a short circuit, a splash).
 
 The mask is exactly the set of pixels where the changed capture differs from the unchanged one
-(both rendered with the same shift). Layout (MVTec AD + adrt.pairs)::
+(both rendered with the same shift). Layout (MVTec AD + adrt.runtime.pairs)::
 
     ROOT/train/good/NNN.png              ROOT/reference/train/good/NNN.png
     ROOT/test/{good,missing,extra}/NNN.png   ROOT/reference/test/.../NNN.png

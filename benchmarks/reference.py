@@ -31,17 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from _results import DATASETS, write_report  # benchmarks/_results.py (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
-TILE = HERE.parent.parent / "shared" / "data" / "magnetic_tile" / "magnetic_tile"
+TILE = DATASETS["magnetic_tile"]
 PARTS = ("pairs", "align", "finetune", "tile", "latency")
 
 
 def run_case(work: Path, name: str, method: str, data: Path, size: int, options: dict, threads: int) -> dict:
     """Train, export (fp32, no TensorRT 8.6 copy) and evaluate with ONNX Runtime CPU; one result row."""
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.runtime import load
     from adrt.train.fit import train
 
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from adrt.runtime.bench import machine_info
+    from adrt.bench.machine import machine_info
 
     torch.set_num_threads(args.threads)
     path = args.out.with_suffix(".json")

@@ -45,8 +45,8 @@ from adrt.errors import BackendError, BundleError, InputError
 from adrt.export.dla import DlaOptions, check_dla_request
 from adrt.outputs import write_bytes_atomic
 from adrt.runtime.bundle import open_bundle, write_manifest
-from adrt.runtime.tensorrt import (INPUT, TensorRTBackend, import_tensorrt, make_logger, open_cuda, plan_tag,
-                                   trt_major)
+from adrt.runtime.cuda import open_cuda
+from adrt.runtime.tensorrt import INPUT, TensorRTBackend, import_tensorrt, make_logger, plan_tag, trt_major
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}   # precision -> bundle model variant
@@ -220,7 +220,7 @@ def engine_parity(backend, onnx_path: Path, images: np.ndarray) -> dict:
     import onnxruntime as ort
 
     ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    from adrt.export.onnx import sample_feeds
+    from adrt.export.feeds import sample_feeds
 
     feeds = sample_feeds([i.name for i in ref.get_inputs()], images)
     want = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, feeds)))

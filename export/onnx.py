@@ -22,6 +22,7 @@ import torch
 from adrt._version import __version__
 from adrt.contract import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, Precision
 from adrt.errors import AdrtError
+from adrt.export.feeds import sample_feeds
 from adrt.outputs import Kind, staged_folder
 from adrt.runtime.bundle import write_manifest
 from adrt.train.detector import Detector
@@ -119,16 +120,6 @@ def take_shapes_from_cast(model) -> int:
         del g.node[:]
         g.node.extend(nodes)
     return rewired
-
-
-def sample_feeds(input_names, images: np.ndarray, references: np.ndarray | None = None) -> dict:
-    """Feeds for a graph's uint8 inputs: ``images``, and as ``reference`` (when the graph has one)
-    ``references`` or, by default, the same images in another order (the last one first)."""
-    feeds = {INPUT_NAME: images}
-    for name in input_names:
-        if name != INPUT_NAME:
-            feeds[name] = np.ascontiguousarray(np.roll(images, 1, axis=0) if references is None else references)
-    return feeds
 
 
 def parity(detector: Detector, onnx_path: Path, images: np.ndarray, references: np.ndarray | None = None) -> dict:

@@ -30,6 +30,7 @@ import numpy as np
 
 from adrt.errors import BundleError
 from adrt.export.trt_rules import REDUCE_OPS
+from adrt.runtime.bundle import open_bundle, sha256_file, write_manifest
 
 OPSET = 17
 SUFFIX = ".trt86"
@@ -186,7 +187,7 @@ def parity(a: Path, b: Path, images: np.ndarray) -> dict:
 
     runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (a, b)]
     names = [o.name for o in runs[0].get_outputs()]
-    from adrt.export.onnx import sample_feeds
+    from adrt.export.feeds import sample_feeds
 
     feeds = sample_feeds([i.name for i in runs[0].get_inputs()], images)
     ra, rb = (r.run(None, feeds) for r in runs)
@@ -207,8 +208,6 @@ def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=
     ``source_sha256``) is replaced. Returns the new variant keys."""
     import onnx
 
-    from adrt.runtime.bundle import open_bundle, write_manifest
-
     b = open_bundle(bundle)
     if b._tmp:
         b.cleanup()
@@ -218,8 +217,6 @@ def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=
     if images is None:
         images = np.random.default_rng(0).integers(0, 256, (2, int(spec["height"]), int(spec["width"]),
                                                             int(spec["channels"])), dtype=np.uint8)
-    from adrt.runtime.bundle import sha256_file
-
     added = []
     for key, e in list(manifest["models"].items()):
         if key.endswith(SUFFIX) or (keys is not None and key not in keys):

@@ -8,7 +8,7 @@
 A bundle whose manifest lists a ``reference`` input (change detection against a reference
 image given at run time, ``det.paired``) takes the references too: ``det.run(batch,
 references=refs)`` (same shape) and ``det.run_files(paths)`` (each image's reference found by the
-layout of adrt.pairs) or ``det.run_files(paths, references=ref_paths)``.
+layout of adrt.runtime.pairs) or ``det.run_files(paths, references=ref_paths)``.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class Session:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or images.shape[0] == 0:
             raise InputError(f"{what}: expected uint8 N×{'×'.join(map(str, expected))} (NHWC, RGB), got "
                              f"{images.dtype} {'×'.join(map(str, images.shape))}; use run_files() or "
-                             f"adrt.runtime.prepare() to convert and resize")
+                             f"Session.prepare(image) to convert and resize one image")
         return np.ascontiguousarray(images)
 
     def feeds(self, images: np.ndarray, references: np.ndarray | None = None) -> dict:
@@ -145,7 +145,7 @@ class Session:
         """Decode, convert and resize image files (one path or a sequence), then run them in
         batches. ``max_pixels``: the decode limit per image (default: adrt.runtime.limits).
         A paired bundle reads each image's reference from ``references`` (paths, one per image)
-        or, by default, finds it by the layout of adrt.pairs (an error names every image without one)."""
+        or, by default, finds it by the layout of adrt.runtime.pairs (an error names every image without one)."""
         paths = _path_list(paths, "paths")
         batch_size = check_int("batch_size", batch_size, 1)
         if references is not None:
@@ -155,7 +155,7 @@ class Session:
             if len(references) != len(paths):
                 raise InputError(f"run_files: {len(references)} references for {len(paths)} images; expected one each")
         elif self.paired:
-            from adrt.pairs import find_references
+            from adrt.runtime.pairs import find_references
 
             references = find_references(paths)
 

@@ -55,7 +55,7 @@ def runs(tmp_path_factory, synth_data):
 
     def get(method: str) -> tuple[Path, Path]:
         if method not in cache:
-            from adrt.export.cli import export_run
+            from adrt.export.pipeline import export_run
             from adrt.train.fit import train
 
             # The reference method, here with one golden image (one input, like every other method);
@@ -119,7 +119,7 @@ def paired_run(tmp_path_factory, pair_data):
     """(run, bundle) of the reference method with per-image references (two graph inputs) and the
     in-graph alignment search on, trained on ``pair_data`` and exported once per session."""
     pytest.importorskip("torch")
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.train.fit import train
 
     root = tmp_path_factory.mktemp("paired")

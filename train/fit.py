@@ -91,7 +91,7 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     refs = {}
     if paired:
         # Every training image's reference is found before any is read (one error names them all).
-        from adrt.pairs import find_references
+        from adrt.runtime.pairs import find_references
 
         refs = dict(zip(fit_paths + hold_paths, find_references(fit_paths + hold_paths)))
     t0 = time.perf_counter()

@@ -615,7 +615,7 @@ int main(int argc, char **argv)
 def test_two_buffer_runs_from_c_equal_the_python_runtime(capi, paired_run, pair_data, bundle, tmp_path):
     import adrt.runtime as rt
     from adrt.data import Dataset, load_images
-    from adrt.pairs import find_references
+    from adrt.runtime.pairs import find_references
 
     exe = compile_c(capi, "pair", PAIR_C)
     paths = [s.path for s in Dataset.open(pair_data, references=True).test]

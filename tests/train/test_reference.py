@@ -55,7 +55,7 @@ def test_options_are_checked():
 def test_per_image_references_two_input_graph_matches_torch(paired_run, pair_data):
     import adrt.runtime as rt
     from adrt.data import Dataset, load_images
-    from adrt.pairs import find_references
+    from adrt.runtime.pairs import find_references
     from adrt.train.fit import load_run
 
     run, bundle = paired_run
@@ -133,7 +133,7 @@ def test_reference_layouts_and_missing_references(tmp_path):
     from PIL import Image
 
     from adrt.data import Dataset
-    from adrt.pairs import find_references, is_reference, reference_for
+    from adrt.runtime.pairs import find_references, is_reference, reference_for
 
     img = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
     for rel in ("train/good/a.png", "train/good/b.png", "train/good/b_ref.png", "reference/train/good/a.jpg",
@@ -212,8 +212,8 @@ def test_cli_eval_uses_the_references(paired_run, pair_data, tmp_path):
 
 def test_self_supervised_finetune_changes_only_the_tapped_blocks_and_exports(pair_data, tmp_path):
     from adrt.data import Dataset, load_images
-    from adrt.export.cli import export_run
-    from adrt.pairs import find_references
+    from adrt.export.pipeline import export_run
+    from adrt.runtime.pairs import find_references
     from adrt.train.backbone import load_pretrained
     from adrt.train.fit import load_run, train
     from adrt.train.reference.finetune import cutpaste
