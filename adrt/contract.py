@@ -319,9 +319,14 @@ class Manifest:
     sections: dict = field(default_factory=dict)     # config, outputs, training, metrics, export
     extra: dict = field(default_factory=dict)        # top-level keys this version does not know
     format_version: int = FORMAT_VERSION
-    #: The graph's uint8 inputs: ("image",), or ("image", "reference") for a method that compares
-    #: each image with a reference given at run time. Absent in a manifest: ("image",).
-    inputs: tuple = (INPUT_NAME,)
+    #: The manifest's ``inputs`` as written (None when absent: the graph takes ``image`` alone).
+    declared_inputs: tuple | None = None
+
+    @property
+    def inputs(self) -> tuple:
+        """The graph's uint8 inputs: ("image",), or ("image", "reference") for a method that compares
+        each image with a reference given at run time."""
+        return self.declared_inputs or (INPUT_NAME,)
 
     @property
     def paired(self) -> bool:
@@ -330,10 +335,11 @@ class Manifest:
 
     def to_dict(self) -> dict:
         out = {"format": FORMAT, "format_version": self.format_version, "adrt_version": self.adrt_version,
-               "method": self.method, "input": self.input.to_manifest(), "inputs": list(self.inputs),
-               "threshold": self.threshold,
+               "method": self.method, "input": self.input.to_manifest(), "threshold": self.threshold,
                "models": {k: m.to_dict() for k, m in self.models.items()},
                "files": {k: f.to_dict() for k, f in self.files.items()}}
+        if self.declared_inputs is not None:
+            out["inputs"] = list(self.declared_inputs)
         if self.engines:
             out["engines"] = {k: e.to_dict() for k, e in self.engines.items()}
         if self.calibration is not None:
@@ -374,8 +380,8 @@ class Manifest:
         adrt_version = check_str("adrt_version", d.get("adrt_version", "?"))
         method = check_str("method", d["method"])
         spec = InputSpec.from_dict(d["input"], manifest=True)
-        inputs = d.get("inputs", [INPUT_NAME])
-        if not isinstance(inputs, list) or inputs not in ([INPUT_NAME], list(INPUT_NAMES)):
+        inputs = d.get("inputs")
+        if inputs is not None and (not isinstance(inputs, list) or inputs not in ([INPUT_NAME], list(INPUT_NAMES))):
             raise InputError(f"inputs={_show(inputs)}: expected [{INPUT_NAME!r}] or "
                              f"[{INPUT_NAME!r}, {REFERENCE_NAME!r}] (both uint8 N×H×W×C as 'input' says)")
         # The calibrated outputs are sigmoids in (0, 1): a threshold outside it makes every label equal.
@@ -413,7 +419,7 @@ class Manifest:
         return cls(method=method, input=spec, threshold=threshold, models=models, files=files, engines=engines,
                    calibration=copy.deepcopy(calibration), adrt_version=adrt_version,
                    sections=copy.deepcopy(sections), extra=copy.deepcopy(extra), format_version=version,
-                   inputs=tuple(inputs))
+                   declared_inputs=None if inputs is None else tuple(inputs))
 
 
 # --- the graph's I/O against the manifest ------------------------------------------------------

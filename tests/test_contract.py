@@ -92,7 +92,8 @@ def _manifest(**extra) -> dict:
 
 def test_manifest_inputs_are_typed_and_default_to_the_image_alone():
     m = Manifest.from_dict(_manifest())
-    assert m.inputs == ("image",) and not m.paired and m.to_dict()["inputs"] == ["image"]
+    assert m.inputs == ("image",) and not m.paired and "inputs" not in m.to_dict()      # absent stays absent
+    assert Manifest.from_dict(_manifest(inputs=["image"])).to_dict()["inputs"] == ["image"]
     m = Manifest.from_dict(_manifest(inputs=["image", "reference"]))
     assert m.paired and Manifest.from_dict(m.to_dict()).inputs == ("image", "reference")
     for bad in (["reference", "image"], ["image", "image"], "image", [], ["image", "reference", "x"]):

@@ -42,6 +42,7 @@ def reference_bundle(out: Path, size: int = 16) -> Path:
     out.mkdir(parents=True)
     onnx.save(model, str(out / "model.onnx"))
     manifest = {
+        "inputs": ["image", "reference"],
         "format": FORMAT, "format_version": FORMAT_VERSION, "adrt_version": "test", "method": "diff",
         "input": {"height": h, "width": w, "channels": 3, "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "bilinear",
                   "color": "rgb", "dtype": "uint8", "layout": "NHWC", "batch": "dynamic"},
