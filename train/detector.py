@@ -196,3 +196,14 @@ def apply_calibration(detector: Detector, cal: Calibration) -> None:
     detector.score_scale.fill_(cal.score_scale)
     detector.map_threshold.fill_(cal.map_threshold)
     detector.map_scale.fill_(cal.map_scale)
+
+
+def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Square resize inside the graph: average pooling for integer factors (anti-aliased, exact in
+    ONNX), bilinear otherwise; no-op at the same size."""
+    h, w = x.shape[-2:]
+    if size <= 0 or (h == size and w == size):
+        return x
+    if h % size == 0 and w % size == 0 and h // size == w // size:
+        return nn.functional.avg_pool2d(x, h // size)
+    return nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

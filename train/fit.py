@@ -22,6 +22,7 @@ from adrt.outputs import Kind, check_output, staged_folder
 from adrt.runtime.limits import check_threads
 from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate
 from adrt.train.registry import get_method
+from adrt.train.trainer import resize_buffers
 
 CHECKPOINT_VERSION = 1
 
@@ -177,17 +178,8 @@ def load_run(run) -> tuple[Detector, dict]:
         raise AdrtError(f"{meta_path}: not a valid run record ({type(e).__name__}: {e})") from None
     det = Detector(cls.build(cfg), spec, sigma=cfg.sigma)
     state = torch.load(w_path, map_location="cpu", weights_only=True)
-    _resize_buffers(det, state)
+    resize_buffers(det, state)
     det.load_state_dict(state)
     apply_calibration(det, cal)
     return det.eval(), meta
-
-
-def _resize_buffers(module: torch.nn.Module, state: dict) -> None:
-    # Data-sized buffers (memory bank, Gaussians) start empty; give them the saved shapes.
-    for name, buf in list(module.named_buffers()):
-        if name in state and buf.shape != state[name].shape:
-            owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
-            setattr(owner, name.rpartition(".")[2], torch.empty_like(state[name]))
-
 

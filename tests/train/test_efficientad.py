@@ -100,7 +100,7 @@ def test_augmentation_changes_one_of_brightness_contrast_saturation_within_20_pe
 
 
 def test_dead_leaves_are_deterministic_covering_and_varied():
-    from adrt.train.students.data import dead_leaves, load_extra
+    from adrt.train.pretrain_data import dead_leaves, load_extra
 
     a, b = dead_leaves(3, 48, 40, seed=5), dead_leaves(3, 48, 40, seed=5)
     assert a.shape == (3, 48, 40, 3) and a.dtype == np.uint8 and np.array_equal(a, b)

@@ -2,7 +2,6 @@
 checkpoint/resume, seeds), the validation split, single-scale runs. Tiny settings throughout."""
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
@@ -12,7 +11,8 @@ torch = pytest.importorskip("torch")
 from adrt.errors import AdrtError, DataError  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
-from tests.train.helpers import one_thread, preprocess, quiet, score_test_split, state, synth_images  # noqa: E402,F401
+from tests.train.helpers import (interrupting_log as _interrupting_log, one_thread, preprocess, quiet,  # noqa: E402,F401
+                                 score_test_split, state, synth_images)
 
 # A few seconds per fit on the synthetic 64×64 images.
 TINY = dict(scales=(17, 33), width=8, descriptor_dim=16, bank_size=64, teacher_steps=6, teacher_batch=8,
@@ -173,19 +173,6 @@ def test_fit_reproducible_with_seed_and_different_across_seeds(synth_data):
     c = state(fit_scorer(tiny_cfg(), imgs, preprocess, seed=4, log=quiet))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-
-
-def _interrupting_log(at: str, times: int):
-    """A log callback that sends SIGINT (Ctrl-C) ``times`` times when a line containing ``at`` appears."""
-    sent = []
-
-    def log(msg="", end="\n"):
-        if at in msg and len(sent) < times and end != "\r":
-            sent.append(msg)
-            for _ in range(times):
-                os.kill(os.getpid(), signal.SIGINT)
-    log.sent = sent
-    return log
 
 
 def test_ctrl_c_ends_the_stage_early_and_training_still_finishes(synth_data):

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from adrt.errors import AdrtError
 from adrt.train.backbone import load_pretrained, tap_info, taps_for_strides
 from adrt.train.efficientad.model import EfficientADConfig, EfficientADScorer, check_config
-from adrt.train.students.loop import Session, n_steps, split_validation, sub_seed
-from adrt.train.students.data import load_extra, to_tensor
+from adrt.train.trainer import Session, n_steps, split_validation, sub_seed, to_tensor
+from adrt.train.pretrain_data import load_extra
 
 MIN_TRAIN = 2
 TARGET_STRIDES = (8, 16)
@@ -107,8 +107,7 @@ def fit_scorer(cfg: EfficientADConfig, images: np.ndarray, preprocess, seed: int
     c, n, grid = cfg.out_channels, scorer.n, cfg.image_size // 4
     x_all = to_tensor(images, preprocess, cfg.image_size)
     x_tr, x_val = x_all[tr_idx], x_all[val_idx]
-    session = Session("efficientad", cfg, images, seed, {"scorer": scorer}, log, cfg.checkpoint,
-                      cfg.checkpoint_every)
+    session = Session("efficientad", cfg, images, seed, {"scorer": scorer}, log)
     n_par = sum(p.numel() for p in scorer.parameters())
     log(f"  efficientad-{cfg.size}: {len(tr_idx)} training + {len(val_idx)} validation images at "
         f"{cfg.image_size}×{cfg.image_size}, maps {n}×{n}, C={c}, width {cfg.width}, {n_par / 1e6:.2f} M parameters")

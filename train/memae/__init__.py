@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adrt.train.generative.loop import check_images, to_tensor, train_network
+from adrt.train.generative.loop import check_images, train_network
 from adrt.train.memae.model import TEST_TIME_OPTIONS, MemAEConfig, MemAENet, MemAEScorer, Memory, check_config, entropy
 from adrt.train.registry import register
+from adrt.train.trainer import Session, to_tensor
 
 __all__ = ["MemAE", "MemAEConfig", "MemAEScorer", "MemAENet", "Memory", "entropy", "TEST_TIME_OPTIONS"]
 
@@ -42,8 +43,9 @@ class MemAE:
             return mse + cfg.entropy_weight * ent, {"mse": mse.item(), "entropy": ent.item()}
 
         kind = f"MemAE, memory {cfg.mem_size}×{cfg.channels[-1]}" if cfg.mem_size else "plain AE (mem_size=0)"
-        train_network(kind, net, loss_fn, x_all, iterations=cfg.iterations, epochs=cfg.epochs,
-                      batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, log=log)
+        session = Session("memae", cfg, images, seed, {"scorer": scorer}, log)
+        train_network(session, net, loss_fn, x_all, iterations=cfg.iterations, epochs=cfg.epochs,
+                      batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, describe=kind)
         scorer.eval()
         with torch.no_grad():
             z = torch.cat([net.encoder(x_all[i : i + 32]) for i in range(0, len(x_all), 32)])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.trainer import check_checkpoint_options
 from adrt.train.options import float_opt
 from adrt.train.generative.heads import (ERRORS, KERNELS, MapScore, ReconError, guard_finite, kernel, kernel_scale,
                                          mmd2, sq_dists)
@@ -48,6 +49,8 @@ class MemAEConfig:
     batch_size: int = 8
     lr: float = 1e-3
     sigma: float = 4.0                  # Gaussian smoothing of the map (Detector; also the image score)
+    checkpoint: str = ""                # training-state file: saved as training goes; a rerun resumes from it
+    checkpoint_every: int = 100         # steps between checkpoint saves (0: only at the end of training)
 
     def __post_init__(self):
         check_config(self)
@@ -58,6 +61,7 @@ TEST_TIME_OPTIONS = ("error", "score", "mmd_kernel", "mmd_scale", "sigma")
 
 def check_config(cfg: MemAEConfig) -> None:
     """Raise AdrtError naming the option when a value cannot work."""
+    check_checkpoint_options("memae", cfg)
     if not cfg.channels or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in cfg.channels):
         raise AdrtError(f"memae option channels={cfg.channels!r}: expected a non-empty list of integers >= 1")
     for name, lo in (("mem_size", 0), ("mmd_ref_images", 1), ("iterations", 1), ("epochs", 1), ("batch_size", 1)):

@@ -6,8 +6,9 @@ import math
 
 import torch
 
-from adrt.train.generative.loop import check_images, to_tensor, train_network
+from adrt.train.generative.loop import check_images, train_network
 from adrt.train.registry import register
+from adrt.train.trainer import Session, to_tensor
 from adrt.train.vae.model import (TEST_TIME_OPTIONS, VAEConfig, VAENet, VAEScorer, check_config, energy,
                                   kl_divergence)
 
@@ -46,9 +47,10 @@ class VAE:
             return rec + cfg.beta * kl, {"mse": rec.item() / n_values, "kl": kl.item()}
 
         latent = (cfg.latent_dim, h // stride, w // stride)
-        train_network(f"VAE, latent {latent[0]}×{latent[1]}×{latent[2]}", net, loss_fn, x_all,
-                      iterations=cfg.iterations, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                      seed=seed, log=log)
+        session = Session("vae", cfg, images, seed, {"scorer": scorer}, log)
+        train_network(session, net, loss_fn, x_all, iterations=cfg.iterations, epochs=cfg.epochs,
+                      batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
+                      describe=f"VAE, latent {latent[0]}×{latent[1]}×{latent[2]}")
         scorer.eval()
         g = torch.Generator().manual_seed(seed + 1)
         reps = math.ceil(cfg.mmd_ref_size / len(x_all))

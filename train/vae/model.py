@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.trainer import check_checkpoint_options
 from adrt.train.generative.heads import (ERRORS, KERNELS, MapScore, ReconError, guard_finite, kernel, kernel_scale,
                                          mmd2, sq_dists)
 
@@ -67,6 +68,8 @@ class VAEConfig:
     batch_size: int = 8
     lr: float = 1e-3
     sigma: float = 4.0                  # Gaussian smoothing of the map (Detector; also the image score)
+    checkpoint: str = ""                # training-state file: saved as training goes; a rerun resumes from it
+    checkpoint_every: int = 100         # steps between checkpoint saves (0: only at the end of training)
 
     def __post_init__(self):
         check_config(self)
@@ -78,6 +81,7 @@ TEST_TIME_OPTIONS = ("k_steps", "step_size", "lam", "grad_weight", "error", "sco
 
 def check_config(cfg: VAEConfig) -> None:
     """Raise AdrtError naming the option when a value cannot work."""
+    check_checkpoint_options("vae", cfg)
     if not cfg.channels or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in cfg.channels):
         raise AdrtError(f"vae option channels={cfg.channels!r}: expected a non-empty list of integers >= 1")
     for name, lo in (("latent_dim", 1), ("k_steps", 0), ("mmd_samples", 2), ("mmd_ref_size", 2),
