@@ -170,7 +170,7 @@ def load_run(run) -> tuple[Detector, dict]:
         raise AdrtError(f"{run}: checkpoint version {version!r}, this adrt reads version {CHECKPOINT_VERSION}")
     try:
         cls = get_method(meta["method"])
-        stored = {**getattr(cls.Config, "absent", {}), **meta["config"]}     # options newer than the run
+        stored = {**cls.absent, **meta["config"]}     # options newer than the run
         cfg = cls.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
         spec = InputSpec.from_dict(meta["input"])
         cal = Calibration.from_dict(meta["calibration"])

@@ -53,7 +53,7 @@ def test_autoencoder_maps_the_image_to_the_pdn_grid_through_a_1x1_latent(image_s
 
 
 def test_hard_feature_loss_averages_only_the_top_quantile():
-    from adrt.train.efficientad.training import hard_loss
+    from adrt.train.efficientad.fit import hard_loss
 
     target = torch.zeros(1, 1, 10, 100)
     pred = torch.zeros(1, 1, 10, 100)
@@ -89,7 +89,7 @@ def test_map_is_the_quantile_normalised_mean_of_both_branches():
 
 
 def test_augmentation_changes_one_of_brightness_contrast_saturation_within_20_percent():
-    from adrt.train.efficientad.training import augment
+    from adrt.train.efficientad.fit import augment
 
     x = torch.rand(1, 3, 16, 16) * 1.6 - 0.8
     g = torch.Generator().manual_seed(0)
@@ -117,7 +117,7 @@ def test_fit_is_reproducible_and_resumes_to_the_same_weights(synth_data, tmp_pat
     import os
     import signal
 
-    from adrt.train.efficientad.training import fit_scorer
+    from adrt.train.efficientad.fit import fit_scorer
 
     imgs = synth_images(synth_data, 10)
     ref = state(fit_scorer(tiny_cfg(), imgs, preprocess, seed=2, log=quiet))
@@ -142,7 +142,7 @@ def test_fit_is_reproducible_and_resumes_to_the_same_weights(synth_data, tmp_pat
 def test_bad_options_and_too_few_images_are_refused(synth_data, tmp_path):
     from adrt.errors import DataError
     from adrt.train.efficientad import EfficientADScorer
-    from adrt.train.efficientad.training import fit_scorer
+    from adrt.train.efficientad.fit import fit_scorer
     from adrt.train.fit import make_config, train
 
     with pytest.raises(AdrtError, match="size='l'.*s, m"):

@@ -128,7 +128,7 @@ def test_dense_maps_use_dense_size_and_never_upsample():
 
 
 def test_correlation_loss_is_zero_for_decorrelated_and_high_for_copied_dimensions():
-    from adrt.train.students.training import correlation_loss
+    from adrt.train.students.fit import correlation_loss
 
     q, _ = torch.linalg.qr(torch.randn(64, 8))      # orthonormal columns: uncorrelated once centred
     q = q - q.mean(0)
@@ -141,7 +141,7 @@ def test_correlation_loss_is_zero_for_decorrelated_and_high_for_copied_dimension
 def test_teacher_losses_learn_on_patches(synth_data):
     """A few steps of KD + triplet + compactness lower the teacher objective on a fixed batch."""
     from adrt.train.students import PatchNet
-    from adrt.train.students.training import PretrainedDescriptor, make_bank, teacher_losses
+    from adrt.train.students.fit import PretrainedDescriptor, make_bank, teacher_losses
 
     cfg = tiny_cfg()
     x = preprocess(torch.from_numpy(synth_images(synth_data, 6)))
@@ -165,7 +165,7 @@ def test_teacher_losses_learn_on_patches(synth_data):
 
 
 def test_fit_reproducible_with_seed_and_different_across_seeds(synth_data):
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     imgs = synth_images(synth_data, 10)
     a = state(fit_scorer(tiny_cfg(), imgs, preprocess, seed=3, log=quiet))
@@ -176,7 +176,7 @@ def test_fit_reproducible_with_seed_and_different_across_seeds(synth_data):
 
 
 def test_ctrl_c_ends_the_stage_early_and_training_still_finishes(synth_data):
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     lines = []
     log = _interrupting_log("teacher p=17 step 4/", 1)
@@ -198,7 +198,7 @@ def test_ctrl_c_ends_the_stage_early_and_training_still_finishes(synth_data):
 
 
 def test_abort_saves_a_checkpoint_and_resuming_gives_the_uninterrupted_weights(synth_data, tmp_path):
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     imgs = synth_images(synth_data, 10)
     ck = tmp_path / "state.pt"
@@ -220,7 +220,7 @@ def test_abort_saves_a_checkpoint_and_resuming_gives_the_uninterrupted_weights(s
 
 
 def test_checkpoint_of_other_options_or_data_is_refused(synth_data, tmp_path):
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     imgs = synth_images(synth_data, 10)
     ck = tmp_path / "state.pt"
@@ -236,7 +236,7 @@ def test_checkpoint_of_other_options_or_data_is_refused(synth_data, tmp_path):
 
 def test_too_few_images_for_the_validation_split_says_how_many(synth_data, tmp_path):
     from adrt.train.fit import train
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     with pytest.raises(DataError, match=r"3 left to fit.*need at least 4 \(2 for validation"):
         fit_scorer(tiny_cfg(), synth_images(synth_data, 3), preprocess, log=quiet)

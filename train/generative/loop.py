@@ -5,9 +5,7 @@ Training lives beside the models, not in them (the models' eval forward is the e
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +13,9 @@ import numpy as np
 import torch
 
 from adrt.errors import AdrtError
+from adrt.train.derive import derive, rebuild
 from adrt.train.generative.heads import blur_radius
-from adrt.train.trainer import Session, check_size, epoch_steps, resize_buffers
+from adrt.train.trainer import Session, check_size, epoch_steps
 
 
 def check_images(name: str, images: np.ndarray, multiple: int, sigma: float = 0.0) -> None:
@@ -59,47 +58,16 @@ def train_network(session: Session, net: torch.nn.Module,
 # --- derived runs: same trained network, other test-time options -------------------------------------
 
 def rebuild_scorer(cls, scorer: torch.nn.Module, cfg) -> torch.nn.Module:
-    """A new scorer of method class ``cls`` built for ``cfg`` (validated) with the weights and fitted
-    buffers of ``scorer``; terms that depend on test-time options are recomputed."""
-    new = cls.build(cfg)
-    state = scorer.state_dict()
-    resize_buffers(new, state)             # latent-sized buffers start empty
-    new.load_state_dict(state)
-    if hasattr(new, "refresh"):
-        new.refresh()
-    return new.eval()
+    """A new scorer of method class ``cls`` built for ``cfg`` with the weights and fitted buffers of
+    ``scorer`` (adrt.train.derive.rebuild)."""
+    return rebuild(cls.build, scorer, cfg)
 
 
 def with_options(run: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike | None = None,
                  log=lambda *a, **k: None, overwrite: bool = False, **changes) -> Path:
     """Write run folder ``out``: the trained network of run ``run`` (a ``memae`` or ``vae`` run) with
     other test-time options (``changes``, a subset of the method's ``TEST_TIME_OPTIONS``, e.g.
-    ``k_steps=20`` or ``score="mmd"``), recalibrated on the run's own held-out images.
-
-    The held-out images are found again from the recorded seed and counts (the split depends only
-    on the seed and the file names); ``data`` defaults to the dataset recorded in the run.
+    ``k_steps=20`` or ``score="mmd"``), recalibrated on the run's own held-out images
+    (adrt.train.derive.derive). ``data`` defaults to the dataset recorded in the run.
     """
-    from adrt.train.detector import Detector
-    from adrt.train.fit import load_run, save_derived_run
-    from adrt.train.registry import get_method
-
-    meta_path = Path(run) / "detector.json"
-    method = json.loads(meta_path.read_text()).get("method") if meta_path.is_file() else None
-    det, meta = load_run(run)            # raises for anything that is not a run folder
-    cls = get_method(meta["method"])
-    allowed = getattr(cls, "TEST_TIME_OPTIONS", None)
-    if allowed is None:
-        raise AdrtError(f"{run}: a {method!r} run; with_options works on memae and vae runs")
-    names = {f.name for f in fields(cls.Config)}
-    unknown = sorted(set(changes) - names)
-    if unknown:
-        raise AdrtError(f"{method} has no option {', '.join(map(repr, unknown))}; options: {', '.join(sorted(names))}")
-    bad = sorted(set(changes) - set(allowed))
-    if bad:
-        raise AdrtError(f"{method}: {', '.join(bad)} cannot change without retraining; "
-                        f"test-time options: {', '.join(allowed)}")
-    cfg = replace(det.scorer.cfg, **changes)
-    scorer = rebuild_scorer(cls, det.scorer, cfg)
-    new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma).eval()
-    return save_derived_run(new, cfg, meta, run, out, changes, data, log, f"with_options {changes}",
-                            overwrite=overwrite)
+    return derive(run, out, data, log, overwrite, what=f"with_options {changes}", **changes)

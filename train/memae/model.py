@@ -36,7 +36,7 @@ class MemAEConfig:
     mem_size: int = 500                 # N memory items (paper: 100 MNIST, 500 CIFAR-10, 2000 video); 0 = plain AE
     shrink: float = 0.0025              # λ of the hard shrinkage (paper: λ ∈ [1/N, 3/N]; 1.25/N at N = 500)
     entropy_weight: float = 0.0002      # α of the entropy loss on ŵ (paper: 0.0002)
-    # Test time (changeable without retraining: adrt.train.generative.with_options).
+    # Test time (changeable without retraining: MemAE.TEST_TIME_OPTIONS, adrt.train.derive).
     error: str = "se"                   # map: "se" squared error (paper), "ssim" 1 − SSIM, "l1" Σ_c |x − x̂|
     score: str = "recon"                # image score: "recon" max of the smoothed map; "mmd" MMD² of the latent vs the training latents
     mmd_kernel: str = "imq"             # "imq" C/(C + d²) or "rbf" exp(−d²/C), C = 2·dim·σ²·mmd_scale², σ² of the training latents
@@ -54,9 +54,6 @@ class MemAEConfig:
 
     def __post_init__(self):
         check_config(self)
-
-
-TEST_TIME_OPTIONS = ("error", "score", "mmd_kernel", "mmd_scale", "sigma")
 
 
 def check_config(cfg: MemAEConfig) -> None:

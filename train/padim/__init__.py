@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from adrt.train.padim.model import PaDiMConfig, PaDiMScorer, fit_gaussians
 from adrt.train.features import embed_images
-from adrt.train.registry import register
+from adrt.train.registry import MethodBase
 
 
-@register("padim")
-class PaDiM:
+class PaDiM(MethodBase):
     Config = PaDiMConfig
 
     @staticmethod

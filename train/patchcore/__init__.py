@@ -5,14 +5,15 @@ import torch
 
 from adrt.train.features import embed_images
 from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer, greedy_coreset
-from adrt.train.registry import register
+from adrt.train.registry import MethodBase
 
 
-@register("patchcore")
-class PatchCore:
+class PatchCore(MethodBase):
     """Fit: embed every training patch, keep a greedy coreset as the memory bank."""
 
     Config = PatchCoreConfig
+    # Options a run saved before they existed was trained without (read by load_run).
+    absent = {"embed_dim": 0}
 
     @staticmethod
     def build(cfg: PatchCoreConfig, pretrained: bool = False) -> PatchCoreScorer:

@@ -8,7 +8,6 @@ the exported graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -34,9 +33,6 @@ class PatchCoreConfig:
     num_neighbors: int = 9       # b in the paper's reweighting
     bank_chunk: int = 4096       # bank rows per matmul tile in the graph: bounds memory for large banks
     sigma: float = 4.0           # Gaussian smoothing of the upsampled map
-
-    # Options a run saved before they existed was trained without (read by load_run).
-    absent: ClassVar[dict] = {"embed_dim": 0}
 
     def __post_init__(self):
         m = "patchcore"

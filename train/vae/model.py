@@ -46,7 +46,7 @@ class VAEConfig:
     channels: tuple[int, ...] = (16, 32, 64, 64, 64)
     latent_dim: int = 32
     beta: float = 1.0                   # KL weight in the loss (training) and in the energy (projection)
-    # Projection (test time; changeable without retraining: adrt.train.generative.with_options).
+    # Projection (test time; changeable without retraining: VAE.TEST_TIME_OPTIONS, adrt.train.derive).
     # The paper iterates to convergence; K = 5 keeps the CPU latency (~3.3 ms per step in ONNX Runtime at
     # 128 px, 1 thread) and the export time (graph grows linearly in K) small. α and λ were set on the
     # synthetic data (stable: 2·α·|r| < 1 on the direct term for |r| ≤ 2), not tuned on real test sets.
@@ -73,10 +73,6 @@ class VAEConfig:
 
     def __post_init__(self):
         check_config(self)
-
-
-TEST_TIME_OPTIONS = ("k_steps", "step_size", "lam", "grad_weight", "error", "score", "mmd_ref", "mmd_kernel",
-                     "mmd_scale", "sigma")
 
 
 def check_config(cfg: VAEConfig) -> None:

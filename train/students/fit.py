@@ -1,6 +1,6 @@
 """Training of Uninformed Students (kept beside the model, not in it).
 
-Per receptive field p, in this order (each a resumable stage, see ``loop.Session``):
+Per receptive field p, in this order (each a resumable stage, see ``adrt.train.trainer.Session``):
 
 1. *bank*: up to ``bank_size`` random p×p patches (8 per image) of the distillation images — the
    training images plus ``distill_data`` (default: procedural dead-leaves images, twice as many as
