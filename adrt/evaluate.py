@@ -33,7 +33,8 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     if not ds.test:
         raise DataError(f"{ds.root}: no test images (expected {ds.root}/test/<type>/*.png)")
     h, w = session.height, session.width
-    masks = load_masks(ds.test, h, w)
+    geometry = getattr(session, "geometry", None)
+    masks = load_masks(ds.test, h, w, geometry)
     if masks is None:
         msg = f"{ds.root}: some defect images have no ground-truth mask; pixel metrics skipped"
         warnings.warn(msg)
@@ -41,7 +42,7 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     t0 = time.perf_counter()
     maps, scores, calibrated = [], [], []
     for i in range(0, len(ds.test), batch_size):
-        batch = load_images([s.path for s in ds.test[i : i + batch_size]], h, w)
+        batch = load_images([s.path for s in ds.test[i : i + batch_size]], h, w, geometry)
         r = session.run(batch)
         maps.append(r.raw_maps)
         scores.append(r.raw_scores)
@@ -87,7 +88,7 @@ def _write_overlays(session, ds, folder: Path, n: int, masks) -> None:
                 order.append(idx[k])
         k += 1
     h, w = session.height, session.width
-    imgs = load_images([ds.test[i].path for i in order], h, w)
+    imgs = load_images([ds.test[i].path for i in order], h, w, getattr(session, "geometry", None))
     r = session.run(imgs)
     for j, i in enumerate(order):
         s = ds.test[i]

@@ -5,11 +5,16 @@ from pathlib import Path
 
 import click
 
+from adrt.train.cli import geometry_options, parse_geometry
+
 
 def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tensorrt", trt86=True, *,
-               overwrite: bool = False, log=lambda m: None) -> Path:
+               overwrite: bool = False, log=lambda m: None, geometry=None, input_size=None) -> Path:
     """Export a run folder to a bundle; parity is checked on real training images when ``data`` is given.
 
+    ``geometry`` (adrt.contract.Geometry) / ``input_size`` (height, width): export behind another
+    input geometry than the run's (e.g. tiles of the trained size over a full frame); the detector
+    is then recalibrated on the run's held-out images (adrt.train.fit.with_geometry).
     ``precisions``: reduced-precision models to add besides fp32 ("fp16", "int8"; int8 needs
     ``calib``, a folder of normal images), see adrt.export.quantize. ``trt86``: also write the
     opset-17 copies TensorRT 8.6 builds from (adrt.export.trt86). Every model is then checked
@@ -30,15 +35,21 @@ def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tens
     if Precision.INT8 in wanted and calib is None:
         raise click.BadParameter("int8 needs calibration images: --calib DIR (normal images)", param_hint="--calib")
     det, meta = load_run(run)
+    if geometry is not None or input_size is not None:
+        from adrt.train.fit import with_geometry
+
+        det, meta = with_geometry(det, meta, geometry if geometry is not None else det.geometry, input_size, data,
+                                  log)
     # Calibration images are read (and counted) before anything is written.
     calib_data = load_calibration(calib, det.spec.height, det.spec.width) if Precision.INT8 in wanted else None
+    # (INT8 calibration images are resized to the input; for a letterbox bundle that differs slightly.)
     # Lets `adrt bench` find the torch detector of this bundle on the training machine.
     meta["training"]["run_folder"] = str(Path(run).resolve())
     samples = None
     if data is not None:
         ds = Dataset.open(data)
         paths = [s.path for s in ds.test if s.label == 1][:1] + ds.train[:2]
-        samples = load_images(paths, det.spec.height, det.spec.width)
+        samples = load_images(paths, det.spec.height, det.spec.width, det.geometry)
     out = Path(out)
     with staged_folder(out, Kind.BUNDLE, overwrite=overwrite, inputs=inputs) as tmp:
         write_bundle(det, meta, tmp, sample_images=samples)
@@ -83,10 +94,20 @@ def record_conformance(bundle: Path, log=lambda m: None) -> dict:
 @click.option("--no-trt86", is_flag=True,
               help="Skip the opset-17 copies (model*.trt86.onnx) that TensorRT 8.6 / JetPack 6.0 builds from.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at OUT (never any other folder).")
-def export(run, out, data, precisions, calib, int8_target, no_trt86, overwrite):
-    """Export the detector of run folder RUN to a bundle at OUT."""
+@geometry_options
+def export(run, out, data, precisions, calib, int8_target, no_trt86, overwrite, input_size, tile, overlap, letterbox,
+           pad_value):
+    """Export the detector of run folder RUN to a bundle at OUT.
+
+    By default with the run's input geometry. --tile N --input-size HxW (N the run's size) exports a
+    tiled bundle taking HxW frames; --letterbox one that letterboxes; both recalibrate on the run's
+    held-out images (from --data, or the dataset recorded in the run).
+    """
+    geometry = size = None
+    if any(v is not None for v in (input_size, tile, overlap, pad_value)) or letterbox:
+        geometry, size = parse_geometry(input_size, tile, overlap, letterbox, pad_value)
     b = export_run(run, out, data, precisions, calib, int8_target, trt86=not no_trt86, overwrite=overwrite,
-                   log=lambda m: click.echo(m, err=True))
+                   log=lambda m: click.echo(m, err=True), geometry=geometry, input_size=size)
     click.echo(f"bundle: {b}")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from adrt._version import __version__
-from adrt.contract import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, Precision
+from adrt.contract import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, RESIZE, Precision
 from adrt.errors import AdrtError
 from adrt.outputs import Kind, staged_folder
 from adrt.runtime.bundle import write_manifest
@@ -178,6 +178,7 @@ def write_bundle(detector: Detector, meta: dict, folder: Path, *, sample_images:
         "method": meta["method"],
         "config": meta["config"],
         "input": spec.to_manifest(),
+        **({} if detector.geometry == RESIZE else {"geometry": detector.geometry.to_manifest(spec.height, spec.width)}),
         "outputs": {
             "anomaly_map": "float32 N×H×W, calibrated: 0.5 is the threshold",
             "score": "float32 N, calibrated: 0.5 is the threshold",

@@ -19,11 +19,42 @@ def _parse_options(items) -> dict:
     return out
 
 
+def geometry_options(f):
+    """--input-size, --tile, --overlap, --letterbox, --pad-value (train and export)."""
+    opts = [
+        click.option("--input-size", default=None, metavar="HxW",
+                     help="The bundle's input: with --tile the full frame (e.g. 2048x2448), fixed at export; "
+                          "otherwise a non-square model size (instead of --size)."),
+        click.option("--tile", default=None, metavar="N|HxW",
+                     help="Tile the frame in the graph: tiles of this (model) size, run as one batch, the map "
+                          "stitched at full resolution."),
+        click.option("--overlap", type=click.IntRange(min=0), default=None,
+                     help="With --tile: pixels shared by neighbouring tiles (blended by linear ramps); default 0."),
+        click.option("--letterbox", is_flag=True,
+                     help="Keep the aspect ratio: scale to fit, centre, pad (instead of squashing)."),
+        click.option("--pad-value", default=None, metavar="V|R,G,B",
+                     help="With --letterbox: the padding colour (default 0)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def parse_geometry(input_size, tile, overlap, letterbox, pad_value):
+    """CLI values → (Geometry, (height, width) or None)."""
+    from adrt.runtime.geometry import geometry_from_options, parse_size
+
+    geometry = geometry_from_options(tile, overlap, letterbox, pad_value)
+    if geometry.tiled and input_size is None:
+        raise AdrtError("--tile needs --input-size HEIGHTxWIDTH: the full frame a tiled bundle takes")
+    return geometry, None if input_size is None else parse_size(input_size)
+
+
 @click.command()
 @click.argument("method")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="MVTec AD category folder or a folder of good images.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
-@click.option("--size", type=click.IntRange(min=32), default=256, show_default=True, help="Square input size.")
+@click.option("--size", type=click.IntRange(min=32), default=None, help="Square model size (default 256; with --tile, the tile's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--holdout", type=click.FloatRange(0.0, 0.9, min_open=True), default=0.1, show_default=True,
               help="Fraction of normal images held out for calibration.")
@@ -32,14 +63,29 @@ def _parse_options(items) -> dict:
 @click.option("--threads", type=int, default=None, help="Torch threads, 1 to 4 per CPU (default: torch's choice).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing run folder at --out (and bundle at --export); never any other folder.")
-def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite):
-    """Fit METHOD (see `adrt methods`) on the normal images of DATA."""
+@geometry_options
+def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite, input_size, tile, overlap,
+          letterbox, pad_value):
+    """Fit METHOD (see `adrt methods`) on the normal images of DATA.
+
+    With --tile N --input-size HxW the frames are resized to HxW and the method fits on their NxN
+    tiles (cut as the exported graph cuts them); the bundle takes HxW frames.
+    """
     from adrt.outputs import Kind, check_output
-    from adrt.train.fit import make_config
+    from adrt.train.fit import input_spec, make_config
     from adrt.train.fit import train as run_train
 
     opts = _parse_options(options)
     make_config(method, opts)                     # unknown method or bad --set: before anything else
+    geometry, frame = parse_geometry(input_size, tile, overlap, letterbox, pad_value)
+    if geometry.tiled:
+        if size is not None and (size, size) != tuple(geometry.tile):
+            raise AdrtError(f"--size {size} and --tile {tile}: with --tile the model's size is the tile's")
+        size = geometry.tile[0]
+    elif frame is not None and size is not None:
+        raise AdrtError("--size and --input-size: give one (--input-size HxW for a non-square model)")
+    size = 256 if size is None else size
+    input_spec(size, frame, geometry)             # sizes and tiling checked before anything else
     if bundle is not None:
         # Both outputs are checked before training starts, not after it.
         if _nested(bundle, out):
@@ -47,7 +93,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
                             f"two separate folders")
         check_output(bundle, Kind.BUNDLE, overwrite=overwrite, inputs=[data], option="--export")
     run = run_train(method, data, out, size=size, seed=seed, holdout=holdout, options=opts, threads=threads,
-                    overwrite=overwrite)
+                    overwrite=overwrite, geometry=geometry, input_size=frame)
     click.echo(f"run folder: {run}")
     if bundle is not None:
         from adrt.export.cli import export_run
