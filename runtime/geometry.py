@@ -24,7 +24,7 @@ from adrt.contract import Geometry, tile_starts
 from adrt.errors import InputError
 from adrt.runtime.image import _pil, _resampling, resize, to_rgb
 
-__all__ = ["letterbox_box", "letterbox", "prepare", "prepare_mask", "blend_weights", "cut_tiles", "stitch",
+__all__ = ["letterbox_box", "letterbox", "unletterbox", "prepare", "prepare_mask", "blend_weights", "cut_tiles", "stitch",
            "tile_starts"]
 
 
@@ -150,3 +150,16 @@ def geometry_from_options(tile=None, overlap=None, letterbox: bool = False, pad_
             raise InputError(f"--pad-value {pad_value!r}: expected one value 0..255 or R,G,B")
         return Geometry("letterbox", pad_value=tuple(values * 3 if len(values) == 1 else values))
     return Geometry()
+
+
+def unletterbox(maps: np.ndarray, src_h: int, src_w: int, height: int, width: int) -> np.ndarray:
+    """The inverse placement for N×H×W float maps of one letterboxed ``src_h`` × ``src_w`` frame:
+    the part covering the frame (padding dropped), resized bilinearly to ``height`` × ``width``
+    (e.g. the frame's own size)."""
+    top, left, h, w = letterbox_box(src_h, src_w, maps.shape[1], maps.shape[2])
+    image = _pil()
+    out = np.empty((len(maps), height, width), dtype=np.float32)
+    for i, m in enumerate(maps):
+        crop = np.ascontiguousarray(m[top : top + h, left : left + w], dtype=np.float32)
+        out[i] = np.asarray(image.fromarray(crop).resize((width, height), _resampling("BILINEAR")))
+    return out

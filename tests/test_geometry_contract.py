@@ -115,3 +115,28 @@ def test_cli_geometry_options_contradictions_are_errors():
         geometry_from_options(None, None, False, "3")
     assert geometry_from_options(None, None, True, "114").pad_value == (114, 114, 114)
     assert geometry_from_options("64x96", 8) == Geometry("tile", tile=(64, 96), overlap=8)
+
+
+def test_unletterbox_drops_the_padding_and_returns_the_frame_grid():
+    from adrt.runtime.geometry import unletterbox
+
+    maps = np.full((2, 64, 64), -1.0, np.float32)          # padding: -1
+    maps[:, 16:48] = np.arange(64, dtype=np.float32)        # a 100×200 frame's content: a ramp along x
+    out = unletterbox(maps, 100, 200, 50, 100)
+    assert out.shape == (2, 50, 100) and out.min() >= 0.0   # no padding left
+    np.testing.assert_allclose(out[0, 25], np.interp((np.arange(100) + 0.5) * 0.64 - 0.5, np.arange(64),
+                                                     np.arange(64)), atol=0.6)
+
+
+def test_fine_synthetic_defects_are_at_most_that_wide():
+    from scipy.ndimage import distance_transform_edt
+
+    from adrt.synth import make_image, paint_defect
+
+    for kind in ("scratch", "spot"):
+        for i in range(4):
+            rng = np.random.default_rng(i)
+            img = make_image("weave", 256, rng)
+            out, mask = paint_defect(img, kind, rng, fine=6)
+            assert 0 < mask.sum() < 600 and 2 * distance_transform_edt(mask).max() <= 6.0 + 1e-6
+            assert (out[mask] != img[mask]).any(axis=1).all() and (out[~mask] == img[~mask]).all()
