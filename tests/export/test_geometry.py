@@ -89,15 +89,77 @@ def test_a_frame_of_the_wrong_size_is_a_clear_error(tiled):
             s.run(np.zeros((1, 96, 64, 3), np.uint8))
 
 
-def test_c_api_gives_the_python_map_for_a_tiled_bundle(tiled, synth_data, tmp_path):
-    import adrt.runtime as rt
-    from tests.runtime.test_capi import run_c, write_pnm
-
+@pytest.fixture(scope="module")
+def capi_dir(tmp_path_factory):
     pytest.importorskip("cffi")
-    out = tmp_path / "capi"
+    out = tmp_path_factory.mktemp("capi")
     p = subprocess.run([sys.executable, "-m", "adrt.cli", "build-capi", "--out", str(out)], capture_output=True,
                        text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def letterboxed(runs, synth_data, tmp_path_factory):
+    from adrt.export.cli import export_run
+
+    g = Geometry("letterbox", pad_value=(114, 114, 114))
+    return export_run(runs("patchcore")[0], tmp_path_factory.mktemp("lb") / "b", synth_data, geometry=g, trt86=False)
+
+
+PREPARE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "adrt.h"
+/* argv: bundle, raw file of h*w*c bytes, h, w, c; prints the prepared input's bytes to stdout's
+   file argv[6] and the score. */
+int main(int argc, char **argv) {
+    adrt_handle det; int H, W, C; const char *msg;
+    if (argc != 7) return 7;
+    int h = atoi(argv[3]), w = atoi(argv[4]), c = atoi(argv[5]);
+    size_t n = (size_t)h * w * c;
+    uint8_t *src = malloc(n);
+    FILE *f = fopen(argv[2], "rb");
+    if (fread(src, 1, n, f) != n) return 9;
+    fclose(f);
+    if (adrt_open(argv[1], "ort-cpu", 1, &det) != ADRT_OK) { adrt_last_error(&msg); fprintf(stderr, "%s\n", msg); return 1; }
+    adrt_input_size(det, &H, &W, &C);
+    uint8_t *in = malloc((size_t)H * W * 3);
+    if (adrt_prepare(det, in, 0, h, w, c, in, 1) == ADRT_OK) return 8;          /* wrong lengths: refused */
+    adrt_last_error(&msg); printf("bad: %s\n", msg);
+    if (adrt_prepare(det, src, n, h, w, c, in, (size_t)H * W * 3) != ADRT_OK) { adrt_last_error(&msg); fprintf(stderr, "%s\n", msg); return 2; }
+    float score, *maps = malloc(sizeof(float) * H * W);
+    if (adrt_run(det, in, (size_t)H * W * 3, 1, H, W, 3, maps, (size_t)H * W, &score, 1) != ADRT_OK) return 3;
+    f = fopen(argv[6], "wb"); fwrite(in, 1, (size_t)H * W * 3, f); fclose(f);
+    printf("score %.9g\n", score);
+    return adrt_close(det);
+}
+"""
+
+
+def test_c_prepare_letterboxes_as_python_does(capi_dir, letterboxed, tmp_path):
+    import adrt.runtime as rt
+    from tests.runtime.test_capi import compile_c, run_c
+
+    exe = compile_c(capi_dir, "prepare", PREPARE_C)
+    img = np.random.default_rng(1).integers(0, 256, (40, 100, 4), dtype=np.uint8)       # RGBA, wide
+    (tmp_path / "img.raw").write_bytes(img.tobytes())
+    p = run_c(exe, letterboxed, tmp_path / "img.raw", 40, 100, 4, tmp_path / "in.raw")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "bad: adrt_prepare: image_len = 0; expected height*width*channels = 40*100*4 = 16000" in p.stdout
+    with rt.load(letterboxed, threads=1) as s:
+        ref = s.prepare(img)
+        score = s.run(ref).scores[0]
+    np.testing.assert_array_equal(np.frombuffer((tmp_path / "in.raw").read_bytes(), np.uint8).reshape(ref.shape), ref)
+    assert (ref[:12] == 114).all()                       # the padding above a 40×100 frame in 64×64
+    assert f"score {score:.9g}" in p.stdout
+
+
+def test_c_api_gives_the_python_map_for_a_tiled_bundle(capi_dir, tiled, synth_data, tmp_path):
+    import adrt.runtime as rt
+    from tests.runtime.test_capi import run_c, write_pnm
+
+    out = capi_dir
     frames = _frames(synth_data)
     paths = [write_pnm(tmp_path / f"{i}.ppm", f) for i, f in enumerate(frames)]
     maps_file = tmp_path / "maps.f32"
@@ -145,14 +207,13 @@ def test_every_method_exports_a_tiled_graph(method, runs, synth_data, tmp_path):
     assert [v for v in check_model(copy, "8.6") if v.fatal] == []
 
 
-def test_letterbox_bundle_places_frames_and_masks_alike(runs, synth_data, tmp_path):
+def test_letterbox_bundle_places_frames_and_masks_alike(letterboxed, synth_data, tmp_path):
     import adrt.runtime as rt
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
     from adrt.runtime.image import read_image
 
     g = Geometry("letterbox", pad_value=(114, 114, 114))
-    bundle = export_run(runs("patchcore")[0], tmp_path / "lb", synth_data, geometry=g, trt86=False)
+    bundle = letterboxed
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["geometry"] == {"mode": "letterbox", "pad_value": [114, 114, 114], "align": "center"}
     wide = np.concatenate([read_image(p) for p in sorted((synth_data / "test").rglob("*.png"))[:2]], axis=1)

@@ -1,0 +1,241 @@
+"""Input geometry: tiling fused in the graph and letterboxing, measured.
+
+    python benchmarks/tiling.py synth     --out benchmarks/results/tiling_synth      # (a) small defects at 1 MP
+    python benchmarks/tiling.py latency   --out benchmarks/results/tiling_latency    # (b) ORT CPU, 1 MP and 5 MP
+    python benchmarks/tiling.py magnetic  --out benchmarks/results/tiling_magnetic   # (c) magnetic tile
+
+Every configuration goes through the product's path: ``adrt train ... --export`` in a child process
+(its peak RSS from ``/usr/bin/time``), then the bundle evaluated with ONNX Runtime. ``synth`` writes
+a 1024×1024 procedural data set (``adrt.synth``, weave texture) whose defects are at most 6 px wide
+and compares the 256-px squash with 256-px tiles over the full frame. ``latency`` wraps the trained
+models' scorers in tiled graphs at 1 MP (1024×1024) and 5 MP (2048×2448) and times them against the
+single-tile graph at batch 1 and at batch = tiles, in a fresh process per graph (peak RSS too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+MAGNETIC = DATA / "magnetic_tile" / "magnetic_tile"
+ADRT = [sys.executable, "-m", "adrt.cli"]
+
+
+def timed(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` under /usr/bin/time; wall seconds and peak RSS (MiB) of the child."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *cmd], stdout=f, stderr=subprocess.STDOUT)
+    text = log.read_text()
+    if p.returncode != 0:
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
+    kb = int(text.rsplit("MAXRSS_KB", 1)[1].split()[0])
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(kb / 1024, 1)}
+
+
+def train(method: str, data: Path, work: Path, name: str, args: list[str], sets: list[str] = ()) -> dict:
+    run, bundle = work / f"{name}_run", work / f"{name}_bundle"
+    cmd = [*ADRT, "train", method, "--data", str(data), "--out", str(run), "--export", str(bundle), "--threads", "2",
+           "--overwrite", *args, *(x for s in sets for x in ("--set", s))]
+    rec = timed(cmd, work / f"{name}_train.log")
+    return {"name": name, "method": method, "args": " ".join([*args, *(f"--set {s}" for s in sets)]),
+            "train": rec, "bundle": str(bundle), "run": str(run)}
+
+
+def evaluate(bundle: str, data: Path) -> dict:
+    import adrt.runtime as rt
+    from adrt.evaluate import evaluate_session
+
+    with rt.load(bundle, threads=2) as s:
+        r = evaluate_session(s, data, log=lambda m: None)
+    o = r["overall"]
+    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+    return {**{k: None if o.get(k) is None else round(o[k], 4) for k in keys},
+            "eval_seconds": r["inference_seconds"], "geometry": r["data"]["geometry"]}
+
+
+def env() -> dict:
+    import onnxruntime
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "threads": 2}
+
+
+def table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "".join("| " + " | ".join(_fmt(r, k) for _, k in cols) + " |\n" for r in rows)
+
+
+def _fmt(r: dict, key: str) -> str:
+    v = r
+    for part in key.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else str(v))
+
+
+# --- (a) small defects at 1 MP ------------------------------------------------------------------
+
+def synth(out: Path, work: Path, methods: list[str]) -> None:
+    from adrt.synth import make_dataset
+
+    data = work / "synth1024"
+    if not (data / ".adrt-synth.json").is_file():
+        make_dataset(data, size=1024, n_train=30, n_test_good=16, n_test_defect=16, seed=0, texture="weave", fine=6,
+                     overwrite=True)
+    rows = []
+    for method in methods:
+        for name, args in (("squash256", ["--size", "256"]),
+                           ("tiled256", ["--tile", "256", "--input-size", "1024x1024", "--overlap", "32"])):
+            rec = train(method, data, work, f"synth_{method}_{name}", args)
+            rec.update(evaluate(rec["bundle"], data), geometry_name=name)
+            rows.append(rec)
+            print(json.dumps(rec), flush=True)
+    md = ("# Tiling check: 1024×1024 frames, defects at most 6 px wide\n\n"
+          "`python benchmarks/tiling.py synth` — `adrt.synth.make_dataset(size=1024, fine=6, texture='weave')`: "
+          "30 good training frames (27 fit, 3 held out), 16 good and 16 defective test frames (thin scratches "
+          "1.5–6 px wide, 24–64 px long; dots 3–6 px). *squash256*: the frame resized to 256×256 (today's "
+          "default); *tiled256*: 25 tiles of 256×256 (overlap 32) cut, scored and stitched inside the graph, "
+          "training on the same tiles. Metrics from the bundle on ONNX Runtime (`adrt eval`); pixel metrics "
+          "at the bundle's map resolution (256² squashed masks vs the full 1024² frame). Train peak RSS: the "
+          "whole `adrt train --export` child.\n\n"
+          + table(rows, [("method", "method"), ("geometry", "geometry_name"), ("image AUROC", "image_auroc"),
+                         ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"), ("train+export s", "train.seconds"),
+                         ("train peak RSS MiB", "train.peak_rss_mib"), ("eval s", "eval_seconds")]))
+    write_report(out, {"env": env(), "rows": rows}, md)
+
+
+# --- (b) latency and memory at 1 MP and 5 MP ----------------------------------------------------
+
+WORKER = r"""
+import json, resource, sys, time
+import numpy as np, onnxruntime as ort
+path, h, w, batch, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+o = ort.SessionOptions(); o.intra_op_num_threads = 2; o.inter_op_num_threads = 1
+s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+x = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+s.run(None, {"image": x})
+ts = []
+for _ in range(runs):
+    t0 = time.perf_counter(); s.run(None, {"image": x}); ts.append(time.perf_counter() - t0)
+print(json.dumps({"ms_median": 1000 * float(np.median(ts)), "ms_min": 1000 * min(ts),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def time_graph(path: Path, h: int, w: int, batch: int, runs: int) -> dict:
+    p = subprocess.run([sys.executable, "-c", WORKER, str(path), str(h), str(w), str(batch), str(runs)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def latency(out: Path, work: Path, runs_by_method: dict[str, str], runs: int) -> None:
+    import torch
+
+    from adrt.contract import Geometry, InputSpec
+    from adrt.export.onnx import export_onnx
+    from adrt.train.detector import Detector
+    from adrt.train.fit import load_run
+
+    torch.set_num_threads(2)
+    rows = []
+    for method, run in runs_by_method.items():
+        det, _ = load_run(run)
+        tile = det.model_size
+        single = Detector(det.scorer, InputSpec(*tile), sigma=det.blur.sigma).eval()
+        p1 = export_onnx(single, work / f"lat_{method}_single.onnx")
+        one = time_graph(p1, *tile, 1, runs)
+        for frame, label in (((1024, 1024), "1 MP"), ((2048, 2448), "5 MP")):
+            g = Geometry("tile", tile=tile, overlap=32)
+            tiled = Detector(det.scorer, InputSpec(*frame), sigma=det.blur.sigma, geometry=g).eval()
+            n = tiled.tiling.n_tiles
+            pt = export_onnx(tiled, work / f"lat_{method}_{frame[0]}x{frame[1]}.onnx")
+            batched = time_graph(p1, *tile, n, max(2, runs // 4))
+            full = time_graph(pt, *frame, 1, max(2, runs // 4))
+            row = {"method": method, "frame": f"{frame[0]}×{frame[1]} ({label})", "tiles": n,
+                   "single_ms": round(one.get("ms_median", float("nan")), 1),
+                   "budget_ms": round(1.1 * n * one.get("ms_median", float("nan")), 1),
+                   "batch_tiles_ms": round(batched.get("ms_median", float("nan")), 1),
+                   "tiled_ms": round(full.get("ms_median", float("nan")), 1),
+                   "tiled_peak_rss_mib": round(full.get("peak_rss_mib", float("nan")), 1),
+                   "single_peak_rss_mib": round(one.get("peak_rss_mib", float("nan")), 1),
+                   "errors": {k: v["error"] for k, v in (("single", one), ("batched", batched), ("tiled", full))
+                              if "error" in v}}
+            row["within_budget"] = bool(row["tiled_ms"] <= row["budget_ms"])
+            row["ratio_vs_tiles_x_single"] = round(row["tiled_ms"] / (n * row["single_ms"]), 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    md = ("# Tiled graphs: latency and memory at 1 MP and 5 MP (ONNX Runtime CPU, 2 threads)\n\n"
+          "`python benchmarks/tiling.py latency` — each method's trained scorer (256-px model) wrapped in a "
+          "tiled graph (256-px tiles, overlap 32; the cut, the per-tile upsampling and blur, and the stitching "
+          "all in the graph) and compared with the single-tile graph. Median over the runs after one warm-up, "
+          "each graph in its own process (peak RSS of that process, ORT's arena included). *budget*: tiles × "
+          "single-tile latency + 10 % (the target); *batch of tiles*: the single-tile graph at batch = tiles "
+          "(what the tiles cost without cutting and stitching).\n\n"
+          + table(rows, [("method", "method"), ("frame", "frame"), ("tiles", "tiles"), ("1 tile ms", "single_ms"),
+                         ("batch of tiles ms", "batch_tiles_ms"), ("tiled frame ms", "tiled_ms"),
+                         ("budget ms", "budget_ms"), ("tiled / (tiles × 1 tile)", "ratio_vs_tiles_x_single"),
+                         ("within budget", "within_budget"), ("tiled peak RSS MiB", "tiled_peak_rss_mib"),
+                         ("1 tile peak RSS MiB", "single_peak_rss_mib")]))
+    write_report(out, {"env": env(), "runs": runs, "rows": rows}, md)
+
+
+# --- (c) magnetic tile --------------------------------------------------------------------------
+
+def magnetic(out: Path, work: Path, configs: list[str]) -> None:
+    rows = []
+    for cfg in configs:
+        method, name, *args = cfg.split()
+        sets = [a for a in args if "=" in a and not a.startswith("--")]
+        args = [a for a in args if a not in sets]
+        rec = train(method, MAGNETIC, work, f"mt_{method}_{name}", args, sets)
+        rec.update(evaluate(rec["bundle"], MAGNETIC), geometry_name=name)
+        rows.append(rec)
+        print(json.dumps(rec), flush=True)
+    md = ("# Magnetic tile: letterbox against today's squash\n\n"
+          "`python benchmarks/tiling.py magnetic` — frames 103–632 px wide, 222–403 px tall (aspect up to 2.8:1). "
+          "*squash*: resized to the square model size (today); *letterbox*: scaled to fit keeping the aspect "
+          "ratio, centred, padded. Evaluated on the 202 good + 392 defective test images with ONNX Runtime; for "
+          "letterbox bundles the maps are brought back to the frame (padding dropped) on the grid the masks are "
+          "resized to, so padding never counts as normal pixels. Targets of issue #19: pixel AUROC ≥ 0.90, "
+          "AUPRO ≥ 0.85, image AUROC ≥ 0.95.\n\n"
+          + table(rows, [("method", "method"), ("geometry", "geometry_name"), ("options", "args"),
+                         ("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"),
+                         ("train+export s", "train.seconds"), ("train peak RSS MiB", "train.peak_rss_mib")]))
+    write_report(out, {"env": env(), "rows": rows}, md)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["synth", "latency", "magnetic"])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "tiling")
+    ap.add_argument("--methods", nargs="+", default=["patchcore", "padim"])
+    ap.add_argument("--run", action="append", default=[], metavar="METHOD=RUN", help="latency: a trained run")
+    ap.add_argument("--runs", type=int, default=12, help="latency: timed runs of the single-tile graph")
+    ap.add_argument("--config", action="append", default=[], metavar="'METHOD NAME ARGS...'",
+                    help="magnetic: a training configuration")
+    a = ap.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    if a.what == "synth":
+        synth(a.out, a.work, a.methods)
+    elif a.what == "latency":
+        latency(a.out, a.work, dict(r.split("=", 1) for r in a.run), a.runs)
+    else:
+        magnetic(a.out, a.work, a.config or ["padim squash --size 256", "padim letterbox --size 256 --letterbox"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
