@@ -116,7 +116,10 @@ class InputSpec:
         check_dict("input", d)
         fixed = {"dtype": DTYPES, "layout": LAYOUTS, "batch": BATCH} if manifest else {}
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - set(fixed))
+        # A letterbox bundle also names its geometry here (checked against the manifest's geometry
+        # record): an adrt that predates geometries refuses such a manifest's input as an unknown
+        # field instead of silently squashing the frames.
+        unknown = sorted(set(d) - names - set(fixed) - ({"geometry"} if manifest else set()))
         if unknown:
             raise InputError(f"input: unknown field(s) {', '.join(map(repr, unknown))}; this adrt implements "
                              f"{', '.join(sorted(names | set(fixed)))}")
@@ -127,6 +130,8 @@ class InputSpec:
         for key in ("height", "width"):
             if key not in d:
                 raise InputError(f"input: lacks {key!r}")
+        if "geometry" in d:
+            check_choice("input.geometry", d["geometry"], ("letterbox",))
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -212,6 +217,11 @@ class Geometry:
         if len(ys) * len(xs) > MAX_TILES:
             raise InputError(f"geometry: {len(ys)}×{len(xs)} tiles of {th}×{tw} over {height}×{width}; expected at "
                              f"most {MAX_TILES} (use larger tiles or a smaller overlap)")
+
+    def input_fields(self) -> dict:
+        """What this geometry adds to the manifest's ``input`` record (a letterbox names itself
+        there, so that an adrt without geometries refuses the bundle rather than squash frames)."""
+        return {"geometry": "letterbox"} if self.mode == "letterbox" else {}
 
     def to_dict(self) -> dict:
         out = {"mode": self.mode}
@@ -459,6 +469,7 @@ class Manifest:
             out["engines"] = {k: e.to_dict() for k, e in self.engines.items()}
         if self.geometry != RESIZE:
             out["geometry"] = self.geometry.to_manifest(self.input.height, self.input.width)
+        out["input"].update(self.geometry.input_fields())
         if self.calibration is not None:
             out["calibration"] = copy.deepcopy(self.calibration)
         out.update(copy.deepcopy(self.sections))
@@ -498,6 +509,10 @@ class Manifest:
         method = check_str("method", d["method"])
         spec = InputSpec.from_dict(d["input"], manifest=True)
         geometry = Geometry.from_dict(d["geometry"], spec.height, spec.width) if "geometry" in d else RESIZE
+        if d["input"].get("geometry") != geometry.input_fields().get("geometry"):
+            raise InputError(f"input.geometry={_show(d['input'].get('geometry'))} and geometry.mode="
+                             f"{geometry.mode!r}: a letterbox bundle names 'letterbox' in both, no other bundle "
+                             f"has input.geometry")
         # The calibrated outputs are sigmoids in (0, 1): a threshold outside it makes every label equal.
         threshold = check_float("threshold", d["threshold"], 0.0, 1.0, lo_open=True, hi_open=True)
         files_d = check_dict("files", d["files"])

@@ -177,7 +177,7 @@ def write_bundle(detector: Detector, meta: dict, folder: Path, *, sample_images:
         "adrt_version": __version__,
         "method": meta["method"],
         "config": meta["config"],
-        "input": spec.to_manifest(),
+        "input": {**spec.to_manifest(), **detector.geometry.input_fields()},
         **({} if detector.geometry == RESIZE else {"geometry": detector.geometry.to_manifest(spec.height, spec.width)}),
         "outputs": {
             "anomaly_map": "float32 N×H×W, calibrated: 0.5 is the threshold",

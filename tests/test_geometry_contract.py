@@ -14,6 +14,7 @@ SHA = "0" * 64
 
 
 def _manifest(geometry=None, height=128, width=160):
+    """A minimal manifest; a letterbox geometry is mirrored in the input record as adrt writes it."""
     d = {"format": "adrt-bundle", "format_version": 1, "method": "patchcore",
          "input": {"height": height, "width": width, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3,
                    "resize": "bilinear", "color": "rgb", "dtype": "uint8", "layout": "NHWC", "batch": "dynamic"},
@@ -21,6 +22,8 @@ def _manifest(geometry=None, height=128, width=160):
          "files": {"model.onnx": {"sha256": SHA, "bytes": 1}}}
     if geometry is not None:
         d["geometry"] = geometry
+        if isinstance(geometry, dict) and geometry.get("mode") == "letterbox":
+            d["input"]["geometry"] = "letterbox"
     return d
 
 
@@ -40,9 +43,19 @@ def test_absent_geometry_is_resize_and_is_not_written():
 
 
 def test_letterbox_record():
-    m = Manifest.from_dict(_manifest({"mode": "letterbox", "pad_value": [114, 114, 114], "align": "center"}))
+    d = _manifest({"mode": "letterbox", "pad_value": [114, 114, 114], "align": "center"})
+    m = Manifest.from_dict(d)
     assert m.geometry.pad_value == (114, 114, 114)
     assert m.to_dict()["geometry"] == {"mode": "letterbox", "pad_value": [114, 114, 114], "align": "center"}
+    # Mirrored in the input record, which an adrt without geometries refuses (unknown input field).
+    assert m.to_dict()["input"]["geometry"] == "letterbox"
+    del d["input"]["geometry"]
+    with pytest.raises(BundleError, match=r"input.geometry=None and geometry.mode='letterbox'"):
+        Manifest.from_dict(d)
+    with pytest.raises(BundleError, match=r"input.geometry='letterbox' and geometry.mode='resize'"):
+        Manifest.from_dict(_manifest(None) | {"input": {**_manifest()["input"], "geometry": "letterbox"}})
+    with pytest.raises(BundleError, match=r"input.geometry='tile': expected one of letterbox"):
+        Manifest.from_dict(_manifest(None) | {"input": {**_manifest()["input"], "geometry": "tile"}})
 
 
 @pytest.mark.parametrize("rec,message", [
