@@ -3,6 +3,7 @@
     python benchmarks/tiling.py synth     --out benchmarks/results/tiling_synth      # (a) small defects at 1 MP
     python benchmarks/tiling.py latency   --out benchmarks/results/tiling_latency    # (b) ORT CPU, 1 MP and 5 MP
     python benchmarks/tiling.py magnetic  --out benchmarks/results/tiling_magnetic   # (c) magnetic tile
+    python benchmarks/tiling.py trainmem  --out benchmarks/results/tiling_trainmem   # training peak RSS
 
 Every configuration goes through the product's path: ``adrt train ... --export`` in a child process
 (its peak RSS from ``/usr/bin/time``), then the bundle evaluated with ONNX Runtime. ``synth`` writes
@@ -42,10 +43,11 @@ def timed(cmd: list[str], log: Path) -> dict:
     return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(kb / 1024, 1)}
 
 
-def train(method: str, data: Path, work: Path, name: str, args: list[str], sets: list[str] = ()) -> dict:
+def train(method: str, data: Path, work: Path, name: str, args: list[str], sets: list[str] = (),
+          export: bool = True) -> dict:
     run, bundle = work / f"{name}_run", work / f"{name}_bundle"
-    cmd = [*ADRT, "train", method, "--data", str(data), "--out", str(run), "--export", str(bundle), "--threads", "2",
-           "--overwrite", *args, *(x for s in sets for x in ("--set", s))]
+    cmd = [*ADRT, "train", method, "--data", str(data), "--out", str(run), "--threads", "2", "--overwrite",
+           *(["--export", str(bundle)] if export else []), *args, *(x for s in sets for x in ("--set", s))]
     rec = timed(cmd, work / f"{name}_train.log")
     return {"name": name, "method": method, "args": " ".join([*args, *(f"--set {s}" for s in sets)]),
             "train": rec, "bundle": str(bundle), "run": str(run)}
@@ -191,6 +193,79 @@ def latency(out: Path, work: Path, runs_by_method: dict[str, str], runs: int) ->
     write_report(out, {"env": env(), "runs": runs, "rows": rows}, md)
 
 
+# --- training memory: streamed features against all held -----------------------------------------
+
+FEATURES = r"""
+import sys, numpy as np, torch
+from adrt.contract import Geometry, InputSpec
+from adrt.data import Dataset, split_holdout
+from adrt.train.fit import input_spec, make_config, training_images
+from adrt.train.detector import Detector
+from adrt.train.registry import get_method
+method, data, mode, size, frame = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+torch.set_num_threads(2)
+g = Geometry("tile", tile=(size, size), overlap=32) if frame != "-" else Geometry()
+spec = input_spec(size, tuple(map(int, frame.split("x"))) if frame != "-" else None, g)
+fit, _ = split_holdout(Dataset.open(data).train, 0.1, 4, 0)
+cfg = make_config(method)
+scorer = get_method(method).build(cfg, pretrained=True).eval()
+pre = Detector(torch.nn.Identity(), spec).preprocess
+images = training_images(fit, spec, g, streams=(mode == "streamed"))
+from adrt.train.features import embed_images, sample_patches
+if method == "patchcore":
+    if mode == "streamed":
+        rows, n = sample_patches(scorer.features, pre, images, cfg.coreset_max_patches)
+    else:   # the pre-#19 path: every patch's features held, then subsampled
+        f = embed_images(scorer.features, pre, images)
+        flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]); n = flat.shape[0]
+        rows = flat[torch.randperm(n)[: cfg.coreset_max_patches]]
+else:
+    from adrt.train.padim.model import GaussianMoments, fit_gaussians
+    if mode == "streamed":
+        m = GaussianMoments()
+        embed_images(scorer.features, pre, images, sink=lambda f: m.update(f[:, scorer.channel_idx]))
+        out = m.finish(cfg.eps)
+    else:   # the pre-#19 path: all feature maps held, then one batch estimate
+        f = embed_images(scorer.features, pre, images)
+        out = fit_gaussians(f[:, scorer.channel_idx], cfg.eps)
+print("images", len(images))
+"""
+
+
+def trainmem(out: Path, work: Path, methods: list[str], n_train: int) -> None:
+    from adrt.synth import make_dataset
+
+    data = work / f"synth1024_n{n_train}"
+    if not (data / ".adrt-synth.json").is_file():
+        make_dataset(data, size=1024, n_train=n_train, n_test_good=2, n_test_defect=2, seed=1, texture="weave",
+                     fine=6, overwrite=True)
+    rows = []
+    for method in methods:
+        for name, size, frame in (("512 squash", 512, "-"), ("1024 tiled (25 tiles of 256)", 256, "1024x1024")):
+            row = {"method": method, "geometry": name}
+            for mode in ("held", "streamed"):
+                rec = timed([sys.executable, "-c", FEATURES, method, str(data), mode, str(size), frame],
+                            work / f"mem_{method}_{size}_{mode}.log")
+                row[mode] = rec
+            args = ["--size", "512"] if frame == "-" else ["--tile", "256", "--input-size", frame, "--overlap", "32"]
+            row["adrt_train"] = train(method, data, work, f"mem_{method}_{size}", args, export=False)["train"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    md = (f"# Training memory: features streamed into the bank / statistics\n\n"
+          f"`python benchmarks/tiling.py trainmem` — {n_train} good 1024×1024 frames (`adrt.synth`, weave), "
+          f"{n_train - max(4, round(0.1 * n_train))} fit. Peak RSS of a child process that runs only the "
+          f"feature stage: *held* is the path before #19 (every image's feature maps kept, then PatchCore "
+          f"subsampled to `coreset_max_patches` and PaDiM estimated in one batch), *streamed* the path now "
+          f"(PatchCore samples its candidates while the features stream in; PaDiM accumulates per-position "
+          f"moments batch by batch; tiles decoded one frame at a time). *adrt train*: the whole command "
+          f"(coreset, calibration included), streamed.\n\n"
+          + table(rows, [("method", "method"), ("geometry", "geometry"), ("held MiB", "held.peak_rss_mib"),
+                         ("held s", "held.seconds"), ("streamed MiB", "streamed.peak_rss_mib"),
+                         ("streamed s", "streamed.seconds"), ("adrt train MiB", "adrt_train.peak_rss_mib"),
+                         ("adrt train s", "adrt_train.seconds")]))
+    write_report(out, {"env": env(), "n_train": n_train, "rows": rows}, md)
+
+
 # --- (c) magnetic tile --------------------------------------------------------------------------
 
 def magnetic(out: Path, work: Path, configs: list[str]) -> None:
@@ -218,7 +293,8 @@ def magnetic(out: Path, work: Path, configs: list[str]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["synth", "latency", "magnetic"])
+    ap.add_argument("what", choices=["synth", "latency", "magnetic", "trainmem"])
+    ap.add_argument("--n-train", type=int, default=60, help="trainmem: good training frames")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "tiling")
     ap.add_argument("--methods", nargs="+", default=["patchcore", "padim"])
@@ -230,6 +306,8 @@ def main(argv=None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     if a.what == "synth":
         synth(a.out, a.work, a.methods)
+    elif a.what == "trainmem":
+        trainmem(a.out, a.work, a.methods, a.n_train)
     elif a.what == "latency":
         latency(a.out, a.work, dict(r.split("=", 1) for r in a.run), a.runs)
     else:
