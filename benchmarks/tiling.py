@@ -26,7 +26,7 @@ from pathlib import Path
 from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
+DATA = Path(os.environ.get("ADRT_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 MAGNETIC = DATA / "magnetic_tile" / "magnetic_tile"
 ADRT = [sys.executable, "-m", "adrt.cli"]
 
