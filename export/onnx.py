@@ -123,9 +123,12 @@ def parity(detector: Detector, onnx_path: Path, images: np.ndarray) -> dict:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {INPUT_NAME: images})
+    # One image per call: a tiled detector's frame is already a batch of tiles (memory ∝ one frame).
+    got = [np.concatenate(x) for x in zip(*(sess.run(None, {INPUT_NAME: images[i : i + 1]})
+                                            for i in range(len(images))))]
     with torch.inference_mode():
-        ref = [t.numpy() for t in detector(torch.from_numpy(images))]
+        ref = [np.concatenate(x) for x in zip(*([t.numpy() for t in detector(torch.from_numpy(images[i : i + 1]))]
+                                                for i in range(len(images))))]
     out = {}
     for name, g, r in zip(Detector.output_names, got, ref):
         err = float(np.abs(g - r).max())
