@@ -297,3 +297,25 @@ def test_export_refuses_a_tile_of_another_size_than_the_run(tiled, tmp_path):
     p = subprocess.run([sys.executable, "-m", "adrt.cli", "export", str(tiled[0]), "--out", str(tmp_path / "b"),
                         "--tile", "48", "--input-size", "96x96"], capture_output=True, text=True)
     assert p.returncode == 1 and "Error: --tile 48x48: the run's model is 32x32" in p.stderr, p.stderr
+
+
+def test_non_square_models_and_non_square_tiles(synth_data, tmp_path):
+    """A non-square model (--input-size without --tile), then the same run tiled over a larger
+    non-square frame: both exported, TensorRT-clean, and run on their full sizes."""
+    import adrt.runtime as rt
+    from adrt.export.cli import export_run
+    from adrt.export.trt_check import check_bundle, fatal_count
+    from adrt.train.fit import train
+
+    run = train("padim", synth_data, tmp_path / "run", input_size=(48, 80), log=quiet)
+    flat = export_run(run, tmp_path / "flat", synth_data)
+    tiled = export_run(run, tmp_path / "tiled", synth_data, geometry=Geometry("tile", tile=(48, 80), overlap=16),
+                       input_size=(80, 200))
+    for bundle, size in ((flat, (48, 80)), (tiled, (80, 200))):
+        assert fatal_count(check_bundle(bundle, ("8.6", "10", "latest"))) == 0
+        with rt.load(bundle, threads=1) as s:
+            assert (s.height, s.width) == size
+            r = s.run(np.zeros((1, *size, 3), np.uint8))
+            assert r.maps.shape == (1, *size)
+    m = json.loads((tiled / "manifest.json").read_text())
+    assert m["geometry"]["grid"] == {"rows": [0, 32], "columns": [0, 64, 120], "tiles": 6}
