@@ -162,7 +162,7 @@ class Geometry:
       ``tile`` = (height, width) tiles at the offsets :func:`tile_starts` gives for ``overlap``, runs
       them as one batch and stitches the map in the graph, overlaps blended by ``blend`` (linear
       ramps across each overlap, normalised to sum to 1 at every pixel). The image score is the
-      maximum of the tiles' scores.
+      maximum of the stitched map.
     """
 
     mode: str = "resize"

@@ -68,7 +68,3 @@ class Tiling(nn.Module):
             parts = [rows_[:, i : i + 1, :, a - self.ys[i] : b - self.ys[i], :] for i in idx]
             rows.append(parts[0] if len(parts) == 1 else sum(parts[1:], parts[0]))
         return torch.cat(rows, dim=3).reshape(-1, self.height, self.width)
-
-    def reduce_score(self, s: torch.Tensor) -> torch.Tensor:
-        """(N·T) tile scores → N: the maximum over a frame's tiles."""
-        return s.reshape(-1, self.n_tiles).amax(dim=1)

@@ -66,9 +66,9 @@ def test_tiled_bundle_equals_the_model_tile_by_tile_plus_blending(tiled, synth_d
     single = Detector(det.scorer, det.spec.__class__(32, 32), sigma=det.blur.sigma).eval()
     frames = _frames(synth_data)
     with torch.inference_mode():
-        m, s = single.raw(torch.from_numpy(cut_tiles(frames, TILED)))
+        m, _ = single.raw(torch.from_numpy(cut_tiles(frames, TILED)))
     ref_map = stitch(m.numpy(), TILED, *FRAME)
-    ref_score = s.numpy().reshape(len(frames), -1).max(1)
+    ref_score = ref_map.reshape(len(frames), -1).max(1)          # the stitched map's maximum
     for backend_frames in (frames, frames[:1]):
         with rt.load(tiled[1], threads=1) as sess:
             r = sess.run(backend_frames)
@@ -192,12 +192,12 @@ def test_every_method_exports_a_tiled_graph(method, runs, synth_data, tmp_path):
     assert tiled.tiling.n_tiles == 2 and tiled.scorer is det.scorer
     frames = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE + 48, 3), dtype=np.uint8)
     with torch.inference_mode():
-        m_ref, s_ref = det.raw(torch.from_numpy(cut_tiles(frames, g)))
+        m_ref, _ = det.raw(torch.from_numpy(cut_tiles(frames, g)))
         m_t, s_t = tiled.raw(torch.from_numpy(frames))
     ref = stitch(m_ref.numpy(), g, SIZE, SIZE + 48)
     scale = max(1e-6, float(np.abs(ref).max()))
     np.testing.assert_allclose(m_t.numpy(), ref, atol=1e-4 * scale)
-    np.testing.assert_allclose(s_t.numpy(), s_ref.numpy().reshape(2, -1).max(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s_t.numpy(), ref.reshape(2, -1).max(1), rtol=1e-4, atol=1e-4 * scale)
     path = export_onnx(tiled, tmp_path / "tiled.onnx")
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": frames})
     np.testing.assert_allclose(got[2], ref, atol=2e-3 * scale)

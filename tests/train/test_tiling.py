@@ -14,7 +14,8 @@ from adrt.train.tiling import Tiling
 
 class TinyScorer(nn.Module):
     """A patch map on a stride-4 grid that depends on the content and on the position in the tile
-    (so a wrong tile offset or a wrong blend shows up), and an own image score."""
+    (so a wrong tile offset or a wrong blend shows up), and an own image score (twice the map
+    maximum: a tiled frame's score must be the stitched map's maximum instead)."""
 
     def __init__(self):
         super().__init__()
@@ -72,9 +73,10 @@ def _detectors(geometry, h, w):
 def _reference(single, frames, geometry):
     tiles = cut_tiles(frames, geometry)
     with torch.inference_mode():
-        m, s = single.raw(torch.from_numpy(tiles))
+        m, _ = single.raw(torch.from_numpy(tiles))
     h, w = frames.shape[1:3]
-    return stitch(m.numpy(), geometry, h, w), s.numpy().reshape(len(frames), -1).max(1)
+    ref = stitch(m.numpy(), geometry, h, w)
+    return ref, ref.reshape(len(frames), -1).max(1)
 
 
 def test_tiled_detector_equals_tile_by_tile_plus_blend(tmp_path):
