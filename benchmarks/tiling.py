@@ -273,9 +273,11 @@ def trainmem(out: Path, work: Path, methods: list[str], n_train: int) -> None:
 
 # --- (c) magnetic tile --------------------------------------------------------------------------
 
-def magnetic(out: Path, work: Path, configs: list[str]) -> None:
-    rows = []
-    for cfg in configs:
+def magnetic(out: Path, work: Path, configs: list[str], rows_file: Path | None = None) -> None:
+    """Train and evaluate each configuration; with ``rows_file`` (the JSON lines an earlier run
+    printed) only write the report from those rows."""
+    rows = [json.loads(ln) for ln in rows_file.read_text().splitlines() if ln.startswith("{")] if rows_file else []
+    for cfg in configs if rows_file is None else ():
         method, name, *args = cfg.split()
         sets = [a for a in args if "=" in a and not a.startswith("--")]
         args = [a for a in args if a not in sets]
@@ -304,6 +306,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=12, help="latency: timed runs of the single-tile graph")
     ap.add_argument("--config", action="append", default=[], metavar="'METHOD NAME ARGS...'",
                     help="magnetic: a training configuration")
+    ap.add_argument("--rows", type=Path, default=None, help="magnetic: only report the JSON rows of an earlier run")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     if a.what == "synth":
@@ -313,7 +316,8 @@ def main(argv=None) -> int:
     elif a.what == "latency":
         latency(a.out, a.work, dict(r.split("=", 1) for r in a.run), a.runs)
     else:
-        magnetic(a.out, a.work, a.config or ["padim squash --size 256", "padim letterbox --size 256 --letterbox"])
+        magnetic(a.out, a.work, a.config or ["padim squash --size 256", "padim letterbox --size 256 --letterbox"],
+                 a.rows)
     return 0
 
 
