@@ -83,7 +83,8 @@ class Session:
                         f"{len(ys)}×{len(xs)} tiles of {self.geometry.tile[0]}×{self.geometry.tile[1]}")
             raise InputError(f"images: expected uint8 N×{'×'.join(map(str, expected))} ({what}), got "
                              f"{images.dtype} {'×'.join(map(str, images.shape))}; use run_files() or "
-                             f"Session.prepare() to convert and {'letterbox' if self.geometry.mode == 'letterbox' else 'resize'}")
+                             f"Session.prepare(image) to convert and "
+                             f"{'letterbox' if self.geometry.mode == 'letterbox' else 'resize'} one image")
         return np.ascontiguousarray(images)
 
     def run(self, images: np.ndarray) -> Result:

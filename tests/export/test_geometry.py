@@ -27,7 +27,7 @@ TILED = Geometry("tile", tile=(32, 32), overlap=8)
 @pytest.fixture(scope="module")
 def tiled(tmp_path_factory, synth_data):
     """A PatchCore run trained on 32-px tiles of 64×96 frames, and its bundle."""
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.train.fit import train
 
     root = tmp_path_factory.mktemp("tiled")
@@ -101,7 +101,7 @@ def capi_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def letterboxed(runs, synth_data, tmp_path_factory):
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
 
     g = Geometry("letterbox", pad_value=(114, 114, 114))
     return export_run(runs("patchcore")[0], tmp_path_factory.mktemp("lb") / "b", synth_data, geometry=g, trt86=False)
@@ -303,7 +303,7 @@ def test_non_square_models_and_non_square_tiles(synth_data, tmp_path):
     """A non-square model (--input-size without --tile), then the same run tiled over a larger
     non-square frame: both exported, TensorRT-clean, and run on their full sizes."""
     import adrt.runtime as rt
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.export.trt_check import check_bundle, fatal_count
     from adrt.train.fit import train
 
