@@ -124,7 +124,7 @@ def synth(out: Path, work: Path, methods: list[str]) -> None:
 # --- (b) latency and memory at 1 MP and 5 MP ----------------------------------------------------
 
 WORKER = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np, onnxruntime as ort
 path, h, w, batch, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 o = ort.SessionOptions(); o.intra_op_num_threads = 2; o.inter_op_num_threads = 1
@@ -134,8 +134,9 @@ s.run(None, {"image": x})
 ts = []
 for _ in range(runs):
     t0 = time.perf_counter(); s.run(None, {"image": x}); ts.append(time.perf_counter() - t0)
-print(json.dumps({"ms_median": 1000 * float(np.median(ts)), "ms_min": 1000 * min(ts),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork and exec).
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"ms_median": 1000 * float(np.median(ts)), "ms_min": 1000 * min(ts), "peak_rss_mib": hwm / 1024}))
 """
 
 
@@ -187,7 +188,7 @@ def latency(out: Path, work: Path, runs_by_method: dict[str, str], runs: int) ->
           "`python benchmarks/tiling.py latency` — each method's trained scorer (256-px model) wrapped in a "
           "tiled graph (256-px tiles, overlap 32; the cut, the per-tile upsampling and blur, and the stitching "
           "all in the graph) and compared with the single-tile graph. Median over the runs after one warm-up, "
-          "each graph in its own process (peak RSS of that process, ORT's arena included). *budget*: tiles × "
+          "each graph in its own process (peak RSS of that process, VmHWM, ORT's arena included). *budget*: tiles × "
           "single-tile latency + 10 % (the target); *batch of tiles*: the single-tile graph at batch = tiles "
           "(what the tiles cost without cutting and stitching).\n\n"
           + table(rows, [("method", "method"), ("frame", "frame"), ("tiles", "tiles"), ("1 tile ms", "single_ms"),
