@@ -34,6 +34,10 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     if not ds.test:
         raise DataError(f"{ds.root}: no test images (expected {ds.root}/test/<type>/*.png)")
     h, w = session.height, session.width
+    geometry = getattr(session, "geometry", None)
+    # Letterboxed maps are brought back to the frame (padding dropped) on the same H×W grid the masks
+    # are resized to, so the padding never counts as normal pixels.
+    letterboxed = geometry is not None and geometry.mode == "letterbox"
     masks = load_masks(ds.test, h, w)
     if masks is None:
         msg = f"{ds.root}: some defect images have no ground-truth mask; pixel metrics skipped"
@@ -42,9 +46,9 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     t0 = time.perf_counter()
     maps, scores, calibrated = [], [], []
     for i in range(0, len(ds.test), batch_size):
-        batch = load_images([s.path for s in ds.test[i : i + batch_size]], h, w)
+        batch = load_images([s.path for s in ds.test[i : i + batch_size]], h, w, geometry)
         r = session.run(batch)
-        maps.append(r.raw_maps)
+        maps.append(_frame_maps(r.raw_maps, ds.test[i : i + batch_size], h, w) if letterboxed else r.raw_maps)
         scores.append(r.raw_scores)
         calibrated.append(r.scores)
     seconds = time.perf_counter() - t0
@@ -60,7 +64,8 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
         "false_positive_rate": float(pred[labels == 0].mean()) if (labels == 0).any() else None,
         "recall": float(pred[labels == 1].mean()) if (labels == 1).any() else None,
     }
-    result["data"] = {"root": str(ds.root), "n_test": len(ds.test), "pixel_metrics": masks is not None}
+    result["data"] = {"root": str(ds.root), "n_test": len(ds.test), "pixel_metrics": masks is not None,
+                      "geometry": geometry.mode if geometry is not None else "resize"}
     result["inference_seconds"] = round(seconds, 3)
     for note in result.get("notes", []):
         log("warning: " + note)
@@ -69,8 +74,17 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
             (tmp / "metrics.json").write_text(json.dumps(result, indent=2))
             (tmp / "metrics.txt").write_text(format_table(result) + "\n")
             if overlays:
-                _write_overlays(session, ds, tmp / "overlays", overlays, masks)
+                _write_overlays(session, ds, tmp / "overlays", overlays,
+                                load_masks(ds.test, h, w, geometry) if letterboxed and masks is not None else masks)
     return result
+
+
+def _frame_maps(maps: np.ndarray, samples, h: int, w: int) -> np.ndarray:
+    """Letterboxed maps → the frames' content on an h×w grid (adrt.runtime.geometry.unletterbox)."""
+    from adrt.runtime.geometry import unletterbox
+    from adrt.runtime.image import read_image_size
+
+    return np.concatenate([unletterbox(m[None], *read_image_size(s.path), h, w) for m, s in zip(maps, samples)])
 
 
 def _write_overlays(session, ds, folder: Path, n: int, masks) -> None:
@@ -88,7 +102,7 @@ def _write_overlays(session, ds, folder: Path, n: int, masks) -> None:
                 order.append(idx[k])
         k += 1
     h, w = session.height, session.width
-    imgs = load_images([ds.test[i].path for i in order], h, w)
+    imgs = load_images([ds.test[i].path for i in order], h, w, getattr(session, "geometry", None))
     r = session.run(imgs)
     for j, i in enumerate(order):
         s = ds.test[i]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from adrt._version import __version__
-from adrt.contract import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, Precision
+from adrt.contract import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, RESIZE, Precision
 from adrt.errors import AdrtError
 from adrt.outputs import Kind, staged_folder
 from adrt.runtime.bundle import write_manifest
@@ -123,9 +123,12 @@ def parity(detector: Detector, onnx_path: Path, images: np.ndarray) -> dict:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {INPUT_NAME: images})
+    # One image per call: a tiled detector's frame is already a batch of tiles (memory ∝ one frame).
+    got = [np.concatenate(x) for x in zip(*(sess.run(None, {INPUT_NAME: images[i : i + 1]})
+                                            for i in range(len(images))))]
     with torch.inference_mode():
-        ref = [t.numpy() for t in detector(torch.from_numpy(images))]
+        ref = [np.concatenate(x) for x in zip(*([t.numpy() for t in detector(torch.from_numpy(images[i : i + 1]))]
+                                                for i in range(len(images))))]
     out = {}
     for name, g, r in zip(Detector.output_names, got, ref):
         err = float(np.abs(g - r).max())
@@ -177,7 +180,8 @@ def write_bundle(detector: Detector, meta: dict, folder: Path, *, sample_images:
         "adrt_version": __version__,
         "method": meta["method"],
         "config": meta["config"],
-        "input": spec.to_manifest(),
+        "input": {**spec.to_manifest(), **detector.geometry.input_fields()},
+        **({} if detector.geometry == RESIZE else {"geometry": detector.geometry.to_manifest(spec.height, spec.width)}),
         "outputs": {
             "anomaly_map": "float32 N×H×W, calibrated: 0.5 is the threshold",
             "score": "float32 N, calibrated: 0.5 is the threshold",

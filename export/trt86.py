@@ -187,7 +187,9 @@ def parity(a: Path, b: Path, images: np.ndarray) -> dict:
 
     runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (a, b)]
     names = [o.name for o in runs[0].get_outputs()]
-    ra, rb = (r.run(None, {"image": images}) for r in runs)
+    # One image per call: a tiled bundle's frame is already a batch of tiles (memory ∝ one frame).
+    ra, rb = ([np.concatenate(x) for x in zip(*(r.run(None, {"image": images[i : i + 1]}) for i in range(len(images))))]
+              for r in runs)
     out = {}
     for name, x, y in zip(names, ra, rb):
         same_nan = bool((np.isnan(x) == np.isnan(y)).all())

@@ -3,7 +3,7 @@
     import adrt.runtime as rt
     with rt.load("bundle/") as det:
         result = det.run(batch)           # uint8 N×H×W×3 at the bundle's size, strict
-        result = det.run_files(paths)     # decode + convert + resize by the bundle's rule
+        result = det.run_files(paths)     # decode + convert + resize/letterbox by the bundle's geometry
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from adrt.contract import check_int
 from adrt.errors import BundleError, ClosedError, InputError, ResultError
 from adrt.runtime.backends import BackendName, open_backend, parse_backend
 from adrt.runtime.bundle import Bundle, open_bundle
-from adrt.runtime.image import read_image, resize, to_rgb
+from adrt.runtime.geometry import prepare
+from adrt.runtime.image import read_image
 from adrt.runtime.limits import check_threads
 
 
@@ -51,6 +52,8 @@ class Session:
         spec = bundle.contract.input
         self.height, self.width, self.channels = spec.height, spec.width, spec.channels
         self.threshold = bundle.contract.threshold
+        #: How frames become the input (adrt.contract.Geometry): resize, letterbox or tile (in the graph).
+        self.geometry = bundle.contract.geometry
         b = parse_backend(backend)
         threads = check_threads(threads)
         if not isinstance(precision, str):
@@ -73,9 +76,15 @@ class Session:
             images = images[None]
         expected = (self.height, self.width, self.channels)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or images.shape[0] == 0:
-            raise InputError(f"images: expected uint8 N×{'×'.join(map(str, expected))} (NHWC, RGB), got "
+            what = "NHWC, RGB"
+            if self.geometry.tiled:
+                ys, xs = self.geometry.grid(self.height, self.width)
+                what = (f"NHWC, RGB: the full frame of this tiled bundle, fixed at export, cut in the graph into "
+                        f"{len(ys)}×{len(xs)} tiles of {self.geometry.tile[0]}×{self.geometry.tile[1]}")
+            raise InputError(f"images: expected uint8 N×{'×'.join(map(str, expected))} ({what}), got "
                              f"{images.dtype} {'×'.join(map(str, images.shape))}; use run_files() or "
-                             f"Session.prepare(image) to convert and resize one image")
+                             f"Session.prepare(image) to convert and "
+                             f"{'letterbox' if self.geometry.mode == 'letterbox' else 'resize'} one image")
         return np.ascontiguousarray(images)
 
     def run(self, images: np.ndarray) -> Result:
@@ -105,8 +114,9 @@ class Session:
         return out
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        """Any uint8 gray/RGB/RGBA image → uint8 H×W×3 at the bundle's size (bundle's resize rule)."""
-        return resize(to_rgb(image), self.height, self.width)
+        """Any uint8 gray/RGB/RGBA image → uint8 H×W×3 at the bundle's size, by the bundle's geometry
+        (resize; letterbox: aspect kept, padded; a tiled bundle's input is the full frame, resized)."""
+        return prepare(image, self.height, self.width, self.geometry)
 
     def run_files(self, paths: Sequence[str | os.PathLike] | str | os.PathLike, batch_size: int = 8,
                   max_pixels: int | None = None) -> Result:
@@ -119,7 +129,7 @@ class Session:
         batch_size = check_int("batch_size", batch_size, 1)
         parts = []
         for i in range(0, len(paths), batch_size):
-            batch = np.stack([resize(read_image(p, max_pixels=max_pixels), self.height, self.width)
+            batch = np.stack([prepare(read_image(p, max_pixels=max_pixels), self.height, self.width, self.geometry)
                               for p in paths[i : i + batch_size]])
             parts.append(self.run(batch))
         if not parts:

@@ -46,12 +46,46 @@ class TapFeatures(nn.Module):
 
 
 @torch.inference_mode()
-def embed_images(features: nn.Module, preprocess, images, batch_size: int = 8, progress=None) -> torch.Tensor:
-    """Feature maps N×C×h×w for uint8 N×H×W×C images (numpy), computed in batches."""
+def embed_images(features: nn.Module, preprocess, images, batch_size: int = 8, progress=None,
+                 sink=None) -> torch.Tensor | None:
+    """Feature maps N×C×h×w for uint8 N×H×W×C images (numpy), computed in batches. With ``sink``
+    each batch's maps go to ``sink(batch)`` instead and nothing is kept (returns None)."""
     outs = []
     for i in range(0, len(images), batch_size):
         x = preprocess(torch.from_numpy(images[i : i + batch_size]))
-        outs.append(features(x))
+        f = features(x)
+        if sink is None:
+            outs.append(f)
+        else:
+            sink(f)
         if progress is not None:
             progress(min(i + batch_size, len(images)), len(images))
-    return torch.cat(outs)
+    return torch.cat(outs) if sink is None else None
+
+
+@torch.inference_mode()
+def sample_patches(features: nn.Module, preprocess, images, keep: int, seed: int = 0, transform=None,
+                   batch_size: int = 8, progress=None) -> tuple[torch.Tensor, int]:
+    """A uniform random sample of at most ``keep`` patch feature rows (0: all) of every image's map,
+    computed batch by batch so that only the sample is held (streamed: peak memory ∝ ``keep``, not
+    the number of images). Each row gets a random key; the ``keep`` smallest keys seen so far are
+    kept. ``transform`` maps the N×C×h×w feature batch first (e.g. a channel subset).
+    Returns (rows M×C, number of patches seen)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = keys = None
+    seen = 0
+    for i in range(0, len(images), batch_size):
+        f = features(preprocess(torch.from_numpy(images[i : i + batch_size])))
+        if transform is not None:
+            f = transform(f)
+        flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        seen += flat.shape[0]
+        k = torch.rand(flat.shape[0], generator=g)
+        rows = flat if rows is None else torch.cat([rows, flat])
+        keys = k if keys is None else torch.cat([keys, k])
+        if keep and rows.shape[0] > keep:
+            idx = keys.topk(keep, largest=False).indices.sort().values
+            rows, keys = rows[idx].clone(), keys[idx]
+        if progress is not None:
+            progress(min(i + batch_size, len(images)), len(images))
+    return rows, seen

@@ -13,12 +13,15 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from adrt._version import __version__
+from adrt.contract import RESIZE, Geometry
 from adrt.data import Dataset, load_images, split_holdout
 from adrt.errors import AdrtError, InputError
 from adrt.outputs import Kind, check_output, staged_folder
+from adrt.runtime.geometry import cut_tiles
 from adrt.runtime.limits import check_threads
 from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate
 from adrt.train.registry import get_method
@@ -67,34 +70,114 @@ def _log(msg: str = "", end: str = "\n") -> None:
     print(msg, end=end, file=sys.stderr, flush=True)
 
 
+def input_spec(size: int = 256, input_size: tuple[int, int] | None = None,
+               geometry: Geometry = RESIZE) -> InputSpec:
+    """The graph's input for a model of square ``size`` (or ``input_size`` = (height, width)):
+    for a tiled geometry the full frame ``input_size`` (required), checked against the tiles."""
+    if geometry.tiled:
+        if input_size is None:
+            raise AdrtError("a tiled geometry needs the frame size: --input-size HEIGHTxWIDTH (e.g. 2048x2448)")
+        spec = InputSpec(*input_size)
+        try:
+            geometry.check_frame(spec.height, spec.width)
+        except InputError as e:
+            raise AdrtError(str(e)) from None
+        return spec
+    return InputSpec(*(input_size or (size, size)))
+
+
+class FrameTiles:
+    """The tiles of training frames, read on demand: what a method's fit reads as its images (a
+    sequence of uint8 th×tw×3 tiles supporting ``len``, integer and slice indexing), so that only
+    one frame is decoded at a time. Tiles are cut exactly as the graph cuts them."""
+
+    def __init__(self, paths, spec: InputSpec, geometry: Geometry):
+        self.paths, self.spec, self.geometry = list(paths), spec, geometry
+        ys, xs = geometry.grid(spec.height, spec.width)
+        self.per_frame = len(ys) * len(xs)
+        self.dtype = np.dtype(np.uint8)
+        self._frame, self._tiles = -1, None
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.per_frame
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self), *self.geometry.tile, 3)
+
+    def _tile(self, i: int) -> np.ndarray:
+        f, t = divmod(i, self.per_frame)
+        if f != self._frame:
+            frame = load_images([self.paths[f]], self.spec.height, self.spec.width)
+            self._frame, self._tiles = f, cut_tiles(frame, self.geometry)
+        return self._tiles[t]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return np.stack([self._tile(i) for i in range(*key.indices(len(self)))])
+        idx = np.asarray(key)
+        if idx.ndim == 0:
+            return self._tile(int(idx) % len(self))
+        return np.stack([self._tile(int(i) % len(self)) for i in idx.ravel()])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def training_images(paths, spec: InputSpec, geometry: Geometry, streams: bool):
+    """What a method fits on: the frames at the input size (letterboxed or resized), or for a tiled
+    geometry their tiles, read on demand when the method ``streams`` them, else all in memory."""
+    if not geometry.tiled:
+        return load_images(paths, spec.height, spec.width, geometry)
+    tiles = FrameTiles(paths, spec, geometry)
+    return tiles if streams else np.asarray(tiles)
+
+
+def load_frames(paths, det: Detector) -> np.ndarray:
+    """Frames at ``det``'s input size by its geometry (e.g. held-out images for calibration)."""
+    return load_images(paths, det.spec.height, det.spec.width, det.geometry)
+
+
 def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
           seed: int = 0, holdout: float = 0.1, min_holdout: int = 4, options: dict | None = None,
-          threads: int | None = None, log=_log, overwrite: bool = False) -> Path:
+          threads: int | None = None, log=_log, overwrite: bool = False,
+          geometry: Geometry = RESIZE, input_size: tuple[int, int] | None = None) -> Path:
     """Fit ``method`` on the normal images of ``data`` and write a run folder to ``out``.
 
+    The model's input is ``size``×``size`` (or ``input_size`` = (height, width)); ``geometry``
+    (adrt.contract.Geometry) says how frames get there: resized, letterboxed, or (``tile``) resized
+    to the frame size ``input_size`` and cut into tiles of the geometry's size, on which the method
+    fits (read frame by frame for methods that stream their features: PatchCore, PaDiM).
     A fraction ``holdout`` of the normal training images (at least ``min_holdout``) is kept out
-    of fitting and used to calibrate the threshold. Returns the run folder. An existing run
-    folder at ``out`` is replaced only with ``overwrite``; anything else there is refused before
-    training starts (adrt.outputs).
+    of fitting and used to calibrate the threshold (on whole frames). Returns the run folder. An
+    existing run folder at ``out`` is replaced only with ``overwrite``; anything else there is
+    refused before training starts (adrt.outputs).
     """
     cfg = make_config(method, options)
     threads = check_threads(threads)
-    InputSpec(height=size, width=size)           # the size is checked before anything else
+    spec = input_spec(size, input_size, geometry)     # the size is checked before anything else
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[data])
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     ds = Dataset.open(data)
     fit_paths, hold_paths = split_holdout(ds.train, holdout, min_holdout, seed)
-    spec = InputSpec(height=size, width=size)
     t0 = time.perf_counter()
-    log(f"{method}: {len(fit_paths)} images to fit, {len(hold_paths)} held out for calibration, {size}x{size}")
-    fit_imgs = load_images(fit_paths, size, size)
+    shape = f"{spec.height}x{spec.width}"
+    if geometry.tiled:
+        ys, xs = geometry.grid(spec.height, spec.width)
+        shape += (f" frames, {len(ys)}x{len(xs)} tiles of {geometry.tile[0]}x{geometry.tile[1]} "
+                  f"(overlap {geometry.overlap})")
+    elif geometry.mode == "letterbox":
+        shape += " (letterboxed)"
+    log(f"{method}: {len(fit_paths)} images to fit, {len(hold_paths)} held out for calibration, {shape}")
     cls = get_method(method)
+    fit_imgs = training_images(fit_paths, spec, geometry, getattr(cls, "streams_images", False))
     probe = Detector(torch.nn.Identity(), spec)
     scorer = cls.fit(cfg, fit_imgs, probe.preprocess, seed=seed, log=log)
-    det = Detector(scorer, spec, sigma=cfg.sigma).eval()
-    cal = calibrate(det, load_images(hold_paths, size, size))
+    det = Detector(scorer, spec, sigma=cfg.sigma, geometry=geometry).eval()
+    cal = calibrate(det, load_frames(hold_paths, det))
     seconds = time.perf_counter() - t0
     log(f"  trained in {seconds:.1f} s; image threshold {cal.score_threshold:.4g} (raw)")
     meta = {
@@ -103,6 +186,7 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
         "method": method,
         "config": asdict(cfg),
         "input": spec.to_dict(),
+        "geometry": geometry.to_dict(),
         "calibration": cal.to_dict(),
         "training": {
             "data": str(Path(data).resolve()), "dataset": ds.name, "n_fit": len(fit_paths),
@@ -135,9 +219,20 @@ def save_derived_run(new: Detector, cfg, meta: dict, run, out, changed: dict, da
     config ``cfg``, recalibrated on the run's own held-out images, and recorded as derived from it
     with ``changed``. The held-out images are found again from the recorded seed and counts (the
     split depends only on the seed and the file names); ``data`` defaults to the recorded dataset."""
-    import copy
 
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[run])
+    meta = recalibrated(new, meta, data, log, what)
+    meta["config"] = asdict(cfg)
+    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": dict(changed)}
+    return save_run(new, meta, out, overwrite=overwrite, inputs=[run])
+
+
+def recalibrated(new: Detector, meta: dict, data=None, log=lambda *a, **k: None, what: str = "derived run") -> dict:
+    """Calibrate ``new`` on the held-out images of the run ``meta`` describes (found again from the
+    recorded seed and counts; ``data`` defaults to the recorded dataset) and return a copy of
+    ``meta`` with the new calibration, input and geometry."""
+    import copy
+
     tr = meta["training"]
     ds = Dataset.open(data if data is not None else tr["data"])
     n_total = len(ds.train)
@@ -146,12 +241,32 @@ def save_derived_run(new: Detector, cfg, meta: dict, run, out, changed: dict, da
                         f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
     _, hold = split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])
     log(f"{what}: recalibrating on {len(hold)} held-out images")
-    cal = calibrate(new, load_images(hold, new.spec.height, new.spec.width))
+    cal = calibrate(new, load_frames(hold, new))
     meta = copy.deepcopy(meta)
-    meta["config"] = asdict(cfg)
+    meta["input"], meta["geometry"] = new.spec.to_dict(), new.geometry.to_dict()
     meta["calibration"] = cal.to_dict()
-    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": dict(changed)}
-    return save_run(new, meta, out, overwrite=overwrite, inputs=[run])
+    return meta
+
+
+def with_geometry(det: Detector, meta: dict, geometry: Geometry, input_size: tuple[int, int] | None, data=None,
+                  log=lambda *a, **k: None) -> tuple[Detector, dict]:
+    """The run's detector behind another input geometry (e.g. tiles of the trained size over a
+    full frame of ``input_size``), recalibrated on the run's held-out frames. The model's own
+    size cannot change: a tile must have the size the run was trained at."""
+    model = det.model_size
+    if geometry.tiled and tuple(geometry.tile) != tuple(model):
+        raise AdrtError(f"--tile {geometry.tile[0]}x{geometry.tile[1]}: the run's model is {model[0]}x{model[1]}; "
+                        f"tiles must have the size the run was trained at")
+    spec = input_spec(model[0], input_size if geometry.tiled else None, geometry)
+    if not geometry.tiled and input_size is not None and tuple(input_size) != tuple(model):
+        raise AdrtError(f"--input-size {input_size[0]}x{input_size[1]}: an untiled bundle's input is the model's "
+                        f"size {model[0]}x{model[1]} (train at that size, or export with --tile)")
+    if (spec, geometry) == (det.spec, det.geometry):
+        return det, meta
+    spec = InputSpec(spec.height, spec.width, det.spec.channels, det.spec.mean, det.spec.std)
+    new = Detector(det.scorer, spec, sigma=det.blur.sigma, geometry=geometry).eval()
+    meta = recalibrated(new, meta, data, log, f"geometry {geometry.mode} {spec.height}x{spec.width}")
+    return new, meta
 
 
 def load_run(run) -> tuple[Detector, dict]:
@@ -173,10 +288,11 @@ def load_run(run) -> tuple[Detector, dict]:
         stored = {**cls.absent, **meta["config"]}     # options newer than the run
         cfg = cls.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
         spec = InputSpec.from_dict(meta["input"])
+        geometry = Geometry.from_dict(meta.get("geometry", RESIZE.to_dict()), spec.height, spec.width)
         cal = Calibration.from_dict(meta["calibration"])
     except (KeyError, TypeError, InputError) as e:
         raise AdrtError(f"{meta_path}: not a valid run record ({type(e).__name__}: {e})") from None
-    det = Detector(cls.build(cfg), spec, sigma=cfg.sigma)
+    det = Detector(cls.build(cfg), spec, sigma=cfg.sigma, geometry=geometry)
     state = torch.load(w_path, map_location="cpu", weights_only=True)
     resize_buffers(det, state)
     det.load_state_dict(state)

@@ -225,6 +225,13 @@ def info(bundle):
     click.echo(f"bundle      {bundle} (format {m['format_version']}, adrt {m['adrt_version']}), checksums ok")
     click.echo(f"method      {m['method']}  {json.dumps(m.get('config', {}))}")
     click.echo(f"input       uint8 N×{i['height']}×{i['width']}×{i['channels']} {i['color']}, resize {i['resize']}")
+    g = b.contract.geometry
+    if g.tiled:
+        ys, xs = g.grid(b.contract.input.height, b.contract.input.width)
+        click.echo(f"geometry    tile: the full frame cut into {len(ys)}×{len(xs)} tiles of {g.tile[0]}×{g.tile[1]} "
+                   f"(overlap {g.overlap}, {g.blend} blend) in the graph")
+    elif g.mode == "letterbox":
+        click.echo(f"geometry    letterbox: aspect kept, centred, padded with {list(g.pad_value)}")
     for k, v in m["models"].items():
         extra = f", int8 target {v['int8_target']}" if v.get("int8_target") else ""
         extra += f" (opset {v['opset']}" + (f", for {v['target']}" if v.get("target") else "") + ")" if v.get("opset") else ""

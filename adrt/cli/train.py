@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from adrt.cli.options import overwrite_option, parse_set
+from adrt.cli.options import geometry_options, overwrite_option, parse_geometry, parse_set
 from adrt.errors import AdrtError
 
 
@@ -14,7 +14,7 @@ from adrt.errors import AdrtError
 @click.argument("method")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="MVTec AD category folder or a folder of good images.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
-@click.option("--size", type=click.IntRange(min=32), default=256, show_default=True, help="Square input size.")
+@click.option("--size", type=click.IntRange(min=32), default=None, help="Square model size (default 256; with --tile, the tile's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--holdout", type=click.FloatRange(0.0, 0.9, min_open=True), default=0.1, show_default=True,
               help="Fraction of normal images held out for calibration.")
@@ -23,14 +23,29 @@ from adrt.errors import AdrtError
 @click.option("--threads", type=int, default=None, help="Torch threads, 1 to 4 per CPU (default: torch's choice).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing run folder at --out (and bundle at --export); never any other folder.")
-def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite):
-    """Fit METHOD (see `adrt methods`) on the normal images of DATA."""
+@geometry_options
+def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite, input_size, tile, overlap,
+          letterbox, pad_value):
+    """Fit METHOD (see `adrt methods`) on the normal images of DATA.
+
+    With --tile N --input-size HxW the frames are resized to HxW and the method fits on their NxN
+    tiles (cut as the exported graph cuts them); the bundle takes HxW frames.
+    """
     from adrt.outputs import Kind, check_output
-    from adrt.train.fit import make_config
+    from adrt.train.fit import input_spec, make_config
     from adrt.train.fit import train as run_train
 
     opts = parse_set(options)
     make_config(method, opts)                     # unknown method or bad --set: before anything else
+    geometry, frame = parse_geometry(input_size, tile, overlap, letterbox, pad_value)
+    if geometry.tiled:
+        if size is not None and (size, size) != tuple(geometry.tile):
+            raise AdrtError(f"--size {size} and --tile {tile}: with --tile the model's size is the tile's")
+        size = geometry.tile[0]
+    elif frame is not None and size is not None:
+        raise AdrtError("--size and --input-size: give one (--input-size HxW for a non-square model)")
+    size = 256 if size is None else size
+    input_spec(size, frame, geometry)             # sizes and tiling checked before anything else
     if bundle is not None:
         # Both outputs are checked before training starts, not after it.
         if _nested(bundle, out):
@@ -38,7 +53,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
                             f"two separate folders")
         check_output(bundle, Kind.BUNDLE, overwrite=overwrite, inputs=[data], option="--export")
     run = run_train(method, data, out, size=size, seed=seed, holdout=holdout, options=opts, threads=threads,
-                    overwrite=overwrite)
+                    overwrite=overwrite, geometry=geometry, input_size=frame)
     click.echo(f"run folder: {run}")
     if bundle is not None:
         from adrt.export.pipeline import export_run

@@ -202,5 +202,26 @@ def bind(ffi, lib, built_for: str) -> None:
             table.release(entry)
 
     @guarded
+    def prepare(handle, image, image_len, height, width, channels, out, out_len):
+        if min(height, width) < 1 or channels not in (1, 3, 4):
+            raise _Failure(E_ARGUMENT, f"adrt_prepare: height, width, channels = {height}, {width}, {channels}; "
+                                       f"expected height, width ≥ 1 and 1, 3 or 4 channels")
+        need = height * width * channels
+        if image_len != need:
+            raise _Failure(E_BUFFER, f"adrt_prepare: image_len = {image_len}; expected height*width*channels = "
+                                     f"{height}*{width}*{channels} = {need}")
+        entry = table.acquire(handle, "adrt_prepare")
+        try:
+            s = entry.session
+            need_out = s.height * s.width * 3
+            if out_len < need_out:
+                raise _Failure(E_BUFFER, f"adrt_prepare: out_len = {out_len}; expected at least H*W*3 = "
+                                         f"{s.height}*{s.width}*3 = {need_out}")
+            src = np.frombuffer(ffi.buffer(image, need), dtype=np.uint8).reshape(height, width, channels)
+            ffi.memmove(out, np.ascontiguousarray(s.prepare(src)), need_out)
+        finally:
+            table.release(entry)
+
+    @guarded
     def close(handle):
         table.close(handle)

@@ -10,4 +10,6 @@ int adrt__py_threshold(int64_t handle, float *threshold);
 int adrt__py_run(int64_t handle, const uint8_t *images, size_t images_len, int n, int height,
                  int width, int channels, float *maps, size_t maps_len, float *scores,
                  size_t scores_len);
+int adrt__py_prepare(int64_t handle, const uint8_t *image, size_t image_len, int height, int width,
+                     int channels, uint8_t *out, size_t out_len);
 int adrt__py_close(int64_t handle);

@@ -13,8 +13,9 @@
  *     Nothing aborts the host process on bad input.
  *   - Buffers belong to the caller. Lengths are counts of elements (bytes for uint8, floats for
  *     float), never guessed from the pointers.
- *   - Images are uint8, N×H×W×C (NHWC, RGB), contiguous, at exactly the bundle's input size:
- *     resizing is the caller's job (adrt_input_size says which size).
+ *   - Images are uint8, N×H×W×C (NHWC, RGB), contiguous, at exactly the bundle's input size
+ *     (adrt_input_size; a tiled bundle's input is the full frame): adrt_prepare brings an image of
+ *     any size there by the bundle's geometry (resize or letterbox), or the caller does.
  *   - Handles are numbers, never reused: 0 is never valid, and a closed handle stays invalid
  *     (ADRT_E_HANDLE), so a stale handle cannot reach freed memory.
  *
@@ -92,6 +93,14 @@ int adrt_threshold(adrt_handle handle, float *threshold);
 int adrt_run(adrt_handle handle, const uint8_t *images, size_t images_len, int n, int height,
              int width, int channels, float *maps, size_t maps_len, float *scores,
              size_t scores_len);
+
+/* Bring one uint8 image of any size (height×width×channels, HWC: 1 = gray, 3 = RGB, 4 = RGBA with
+ * the alpha dropped) to the bundle's input by the bundle's input geometry, exactly as the Python
+ * runtime does (Session.prepare): resized (bilinear), letterboxed (aspect ratio kept, centred,
+ * padded with the recorded value) or, for a tiled bundle, resized to its full-frame size. Writes
+ * H×W×3 bytes (adrt_input_size) to `out` (`out_len` >= H*W*3), ready for adrt_run. */
+int adrt_prepare(adrt_handle handle, const uint8_t *image, size_t image_len, int height, int width,
+                 int channels, uint8_t *out, size_t out_len);
 
 /* Close the handle: waits for runs in flight on it, then frees its model. */
 int adrt_close(adrt_handle handle);

@@ -181,6 +181,18 @@ ADRT__API int adrt_run(adrt_handle handle, const uint8_t *images, size_t images_
                                      maps_len, scores, scores_len));
 }
 
+ADRT__API int adrt_prepare(adrt_handle handle, const uint8_t *image, size_t image_len, int height,
+                           int width, int channels, uint8_t *out, size_t out_len)
+{
+    int rc;
+    adrt__error[0] = '\0';
+    ADRT__REQUIRE(image, "adrt_prepare", "height*width*channels uint8 bytes (HWC; 1, 3 or 4 channels)");
+    ADRT__REQUIRE(out, "adrt_prepare", "a buffer of H*W*3 uint8 bytes (adrt_input_size)");
+    if ((rc = adrt__ready()) != ADRT_OK)
+        return rc;
+    return adrt__result(adrt__py_prepare(handle, image, image_len, height, width, channels, out, out_len));
+}
+
 ADRT__API int adrt_close(adrt_handle handle)
 {
     int rc;
