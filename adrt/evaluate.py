@@ -92,4 +92,5 @@ def _write_overlays(session, ds, folder: Path, n: int, masks) -> None:
     for j, i in enumerate(order):
         s = ds.test[i]
         save_panel(folder / f"{s.defect_type}_{s.path.stem}.png", imgs[j], r.maps[j], float(r.scores[j]),
-                   session.threshold, None if masks is None else masks[i])
+                   session.threshold, None if masks is None else masks[i], pixel_threshold=session.pixel_threshold,
+                   raw_score=float(r.raw_scores[j]))

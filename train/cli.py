@@ -32,14 +32,30 @@ def _parse_options(items) -> dict:
 @click.option("--threads", type=int, default=None, help="Torch threads, 1 to 4 per CPU (default: torch's choice).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing run folder at --out (and bundle at --export); never any other folder.")
-def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite):
+@click.option("--calibration", type=click.Choice(["std", "fpr", "f1"]), default=None,
+              help="Threshold rule on the held-out normal images: std (mean + k*std, the default), fpr (a target "
+                   "false-positive rate; implied by --fpr), f1 (F1-optimal with --defects; implied by it).")
+@click.option("--k", type=float, default=None, help="std rule: threshold = mean + K*std (default 3).")
+@click.option("--fpr", type=float, default=None,
+              help="fpr rule: target false-positive rate per normal image, e.g. 0.01 (the achieved rate's "
+                   "uncertainty, given the held-out count, is printed and recorded).")
+@click.option("--pixel-fpr", type=float, default=None,
+              help="fpr/f1 rules: target false-positive rate per normal pixel (default: --fpr, or 0.01).")
+@click.option("--defects", type=click.Path(path_type=Path), default=None,
+              help="Labelled defect images for --calibration f1: an MVTec-style folder (test/<type>/ with "
+                   "ground_truth masks) or a folder of defect images; not the dataset you evaluate on.")
+def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite, calibration, k, fpr,
+          pixel_fpr, defects):
     """Fit METHOD (see `adrt methods`) on the normal images of DATA."""
     from adrt.outputs import Kind, check_output
     from adrt.train.fit import make_config
     from adrt.train.fit import train as run_train
 
+    from adrt.thresholds import options_from_cli
+
     opts = _parse_options(options)
     make_config(method, opts)                     # unknown method or bad --set: before anything else
+    cal = options_from_cli(calibration, k, fpr, pixel_fpr, defects)
     if bundle is not None:
         # Both outputs are checked before training starts, not after it.
         if _nested(bundle, out):
@@ -47,7 +63,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
                             f"two separate folders")
         check_output(bundle, Kind.BUNDLE, overwrite=overwrite, inputs=[data], option="--export")
     run = run_train(method, data, out, size=size, seed=seed, holdout=holdout, options=opts, threads=threads,
-                    overwrite=overwrite)
+                    overwrite=overwrite, calibration=cal, defects=defects)
     click.echo(f"run folder: {run}")
     if bundle is not None:
         from adrt.export.cli import export_run

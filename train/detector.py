@@ -162,33 +162,65 @@ def run_raw(detector: Detector, images, batch_size: int = 8):
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0) -> Calibration:
-    """Set thresholds from held-out normal images: threshold = mean + k·std of the normal values,
-    scale = std (so the normalised output crosses 0.5 at the threshold)."""
+def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0, *,
+              options=None, defects=None) -> Calibration:
+    """Set thresholds from held-out normal images; scale = std of the normal values, so the
+    normalised output ``sigmoid((raw - threshold) / std)`` crosses 0.5 at the threshold.
+
+    ``options`` (adrt.thresholds.CalibrationOptions) picks the rule: mean + k·std (the default,
+    k = ``k_score`` for scores and ``k_map`` for maps), a target false-positive rate, or F1-optimal
+    on ``defects`` = (uint8 N×H×W×3 defect images, bool N×H×W masks or None). How each threshold
+    was chosen and its expected FPR go into the record (``image``, ``pixel``)."""
     import numpy as np
+
+    from adrt.thresholds import CalibrationOptions, image_threshold, pixel_threshold
 
     detector.eval()
     maps, scores = run_raw(detector, normal_images)
-    if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
-        from adrt.errors import AdrtError
-
-        bad = np.flatnonzero(~(np.isfinite(scores) & np.isfinite(maps).reshape(len(maps), -1).all(1)))
-        raise AdrtError(f"calibration: the detector produced NaN/Inf on held-out normal image(s) {bad.tolist()}; "
-                        "no threshold can be set (check the method's options, e.g. a step size)")
+    _check_finite(maps, scores, "held-out normal image(s)")
+    d_maps = d_scores = d_masks = None
+    if defects is not None:
+        d_maps, d_scores = run_raw(detector, defects[0])
+        _check_finite(d_maps, d_scores, "defect image(s)")
+        d_masks = defects[1]
+    if options is None:
+        img_opts, px_opts = CalibrationOptions("std", k=k_score), CalibrationOptions("std", k=k_map)
+    else:
+        img_opts = px_opts = options
     s_mean, s_std = float(scores.mean()), float(scores.std())
     m_mean, m_std = float(maps.mean()), float(maps.std())
     s_std = max(s_std, 1e-6 * max(abs(s_mean), 1.0))
     m_std = max(m_std, 1e-6 * max(abs(m_mean), 1.0))
+    s_thr, image = image_threshold(scores, img_opts, d_scores)
+    m_thr, pixel = pixel_threshold(maps, px_opts, d_maps, d_masks)
     cal = Calibration(
         n_images=len(normal_images), score_mean=s_mean, score_std=s_std, score_max=float(scores.max()),
-        score_threshold=s_mean + k_score * s_std, score_scale=s_std,
+        score_threshold=s_thr, score_scale=s_std,
         map_mean=m_mean, map_std=m_std, map_q999=float(np.quantile(maps, 0.999)),
-        map_threshold=m_mean + k_map * m_std, map_scale=m_std,
-        rule=f"threshold = mean + k*std of held-out normal raw values (k_score={k_score}, k_map={k_map}); "
+        map_threshold=m_thr, map_scale=m_std,
+        rule=f"threshold: image {_rule_text(image)}, pixel {_rule_text(pixel)} of held-out normal raw values; "
              "normalised = sigmoid((raw - threshold) / std)",
+        image=image, pixel=pixel,
     )
     apply_calibration(detector, cal)
     return cal
+
+
+def _rule_text(d) -> str:
+    if d.rule == "std":
+        return f"mean + {d.k:g}*std"
+    return f"FPR {d.target_fpr:g}" if d.rule == "fpr" else f"F1-optimal ({d.n_defect} defect images)"
+
+
+def _check_finite(maps, scores, what: str) -> None:
+    import numpy as np
+
+    if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
+        from adrt.errors import AdrtError
+
+        bad = np.flatnonzero(~(np.isfinite(scores) & np.isfinite(maps).reshape(len(maps), -1).all(1)))
+        raise AdrtError(f"calibration: the detector produced NaN/Inf on {what} {bad.tolist()}; "
+                        "no threshold can be set (check the method's options, e.g. a step size)")
 
 
 def apply_calibration(detector: Detector, cal: Calibration) -> None:

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from adrt._version import __version__
-from adrt.data import Dataset, load_images, split_holdout
-from adrt.errors import AdrtError, InputError
+from adrt.data import Dataset, load_images, load_masks, split_holdout
+from adrt.errors import AdrtError, DataError, InputError
 from adrt.outputs import Kind, check_output, staged_folder
 from adrt.runtime.limits import check_threads
 from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate
+from adrt.thresholds import CalibrationOptions
 from adrt.train.registry import get_method
 
 CHECKPOINT_VERSION = 1
@@ -68,17 +69,21 @@ def _log(msg: str = "", end: str = "\n") -> None:
 
 def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
           seed: int = 0, holdout: float = 0.1, min_holdout: int = 4, options: dict | None = None,
-          threads: int | None = None, log=_log, overwrite: bool = False) -> Path:
+          threads: int | None = None, log=_log, overwrite: bool = False,
+          calibration: CalibrationOptions | None = None, defects: str | os.PathLike | None = None) -> Path:
     """Fit ``method`` on the normal images of ``data`` and write a run folder to ``out``.
 
     A fraction ``holdout`` of the normal training images (at least ``min_holdout``) is kept out
-    of fitting and used to calibrate the threshold. Returns the run folder. An existing run
+    of fitting and used to calibrate the thresholds by ``calibration`` (default: mean + 3·std; see
+    adrt.thresholds); ``defects``: labelled defect images for the f1 rule (see
+    :func:`load_defects`). Returns the run folder. An existing run
     folder at ``out`` is replaced only with ``overwrite``; anything else there is refused before
     training starts (adrt.outputs).
     """
     cfg = make_config(method, options)
     threads = check_threads(threads)
     InputSpec(height=size, width=size)           # the size is checked before anything else
+    calibration = _check_calibration(calibration, defects, data)
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[data])
     if threads:
         torch.set_num_threads(threads)
@@ -86,6 +91,7 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     ds = Dataset.open(data)
     fit_paths, hold_paths = split_holdout(ds.train, holdout, min_holdout, seed)
     spec = InputSpec(height=size, width=size)
+    defect_data = load_defects(defects, size, size) if defects is not None else None
     t0 = time.perf_counter()
     log(f"{method}: {len(fit_paths)} images to fit, {len(hold_paths)} held out for calibration, {size}x{size}")
     fit_imgs = load_images(fit_paths, size, size)
@@ -93,9 +99,10 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     probe = Detector(torch.nn.Identity(), spec)
     scorer = cls.fit(cfg, fit_imgs, probe.preprocess, seed=seed, log=log)
     det = Detector(scorer, spec, sigma=cfg.sigma).eval()
-    cal = calibrate(det, load_images(hold_paths, size, size))
+    cal = calibrate(det, load_images(hold_paths, size, size), options=calibration, defects=defect_data)
     seconds = time.perf_counter() - t0
     log(f"  trained in {seconds:.1f} s; image threshold {cal.score_threshold:.4g} (raw)")
+    _log_calibration(cal, log)
     meta = {
         "checkpoint_version": CHECKPOINT_VERSION,
         "adrt_version": __version__,
@@ -137,13 +144,7 @@ def save_derived_run(new: Detector, cfg, meta: dict, run, out, changed: dict, da
     import copy
 
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[run])
-    tr = meta["training"]
-    ds = Dataset.open(data if data is not None else tr["data"])
-    n_total = len(ds.train)
-    if n_total != tr["n_fit"] + tr["n_holdout"]:
-        raise AdrtError(f"{ds.root}: {n_total} training images, the run was trained on "
-                        f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
-    _, hold = split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])
+    hold = _holdout_paths(meta, data)
     log(f"{what}: recalibrating on {len(hold)} held-out images")
     cal = calibrate(new, load_images(hold, new.spec.height, new.spec.width))
     meta = copy.deepcopy(meta)
@@ -151,6 +152,75 @@ def save_derived_run(new: Detector, cfg, meta: dict, run, out, changed: dict, da
     meta["calibration"] = cal.to_dict()
     meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": dict(changed)}
     return save_run(new, meta, out, overwrite=overwrite, inputs=[run])
+
+
+def _holdout_paths(meta: dict, data=None) -> list:
+    """A run's held-out images, found again from the recorded seed and counts (the split depends
+    only on the seed and the file names); ``data`` defaults to the recorded dataset."""
+    tr = meta["training"]
+    ds = Dataset.open(data if data is not None else tr["data"])
+    n_total = len(ds.train)
+    if n_total != tr["n_fit"] + tr["n_holdout"]:
+        raise AdrtError(f"{ds.root}: {n_total} training images, the run was trained on "
+                        f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
+    return split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])[1]
+
+
+def recalibrate(run, out, calibration: CalibrationOptions, *, defects=None, data=None, log=_log,
+                overwrite: bool = False) -> Path:
+    """Write run folder ``out``: run ``run`` with its thresholds chosen again by ``calibration``
+    on its own held-out images (no refitting); ``defects`` as for :func:`train`."""
+    import copy
+
+    det, meta = load_run(run)
+    calibration = _check_calibration(calibration, defects, data if data is not None else meta["training"]["data"])
+    check_output(out, Kind.RUN, overwrite=overwrite, inputs=[run])
+    hold = _holdout_paths(meta, data)
+    h, w = det.spec.height, det.spec.width
+    defect_data = load_defects(defects, h, w) if defects is not None else None
+    cal = calibrate(det, load_images(hold, h, w), options=calibration, defects=defect_data)
+    _log_calibration(cal, log)
+    meta = copy.deepcopy(meta)
+    meta["calibration"] = cal.to_dict()
+    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": {"calibration": cal.rule}}
+    return save_run(det, meta, out, overwrite=overwrite, inputs=[run])
+
+
+def _check_calibration(calibration, defects, data) -> CalibrationOptions:
+    calibration = CalibrationOptions() if calibration is None else calibration
+    if not isinstance(calibration, CalibrationOptions):
+        raise InputError(f"calibration={calibration!r}: expected an adrt.thresholds.CalibrationOptions")
+    if (calibration.rule == "f1") != (defects is not None):
+        raise InputError("the f1 calibration needs labelled defect images (--defects DIR), and defect images are "
+                         "used only by it (--calibration f1)")
+    if defects is not None and Path(defects).resolve() == Path(data).resolve():
+        raise InputError(f"--defects {defects} is the training dataset: its test images would then set the "
+                         f"threshold they are evaluated at; pass a separate folder of labelled defect images")
+    return calibration
+
+
+def load_defects(folder, height: int, width: int):
+    """Labelled defect images for the f1 calibration: (uint8 N×H×W×3, bool masks N×H×W or None).
+
+    ``folder``: an MVTec-style folder (its ``test/<type>/`` defect images, with their
+    ``ground_truth`` masks when every one has a mask), or a plain folder of defect images (no masks:
+    the pixel threshold is then chosen at the pixel FPR)."""
+    ds = Dataset.open(folder)
+    if ds.is_mvtec:
+        samples = [t for t in ds.test if t.label == 1]
+        if not samples:
+            raise DataError(f"{folder}: no defect images in test/<type>/ (expected labelled defect images)")
+        return load_images([t.path for t in samples], height, width), load_masks(samples, height, width)
+    return load_images(ds.train, height, width), None
+
+
+def _log_calibration(cal: Calibration, log) -> None:
+    from adrt.thresholds import describe
+
+    for what in ("image", "pixel"):
+        d = getattr(cal, what)
+        if d is not None:
+            log(f"  {describe(d, what)}")
 
 
 def load_run(run) -> tuple[Detector, dict]:
