@@ -44,8 +44,11 @@ def _parse_options(items) -> dict:
 @click.option("--defects", type=click.Path(path_type=Path), default=None,
               help="Labelled defect images for --calibration f1: an MVTec-style folder (test/<type>/ with "
                    "ground_truth masks) or a folder of defect images; not the dataset you evaluate on.")
+@click.option("--image-score", default="max", show_default=True, metavar="max|topk:FRACTION",
+              help="Image score: the method's own (max of the map, PatchCore's reweighted max), or the mean of the "
+                   "top FRACTION of the smoothed map, e.g. topk:0.01 (robust to one hot pixel, e.g. at the border).")
 def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite, calibration, k, fpr,
-          pixel_fpr, defects):
+          pixel_fpr, defects, image_score):
     """Fit METHOD (see `adrt methods`) on the normal images of DATA."""
     from adrt.outputs import Kind, check_output
     from adrt.train.fit import make_config
@@ -63,7 +66,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
                             f"two separate folders")
         check_output(bundle, Kind.BUNDLE, overwrite=overwrite, inputs=[data], option="--export")
     run = run_train(method, data, out, size=size, seed=seed, holdout=holdout, options=opts, threads=threads,
-                    overwrite=overwrite, calibration=cal, defects=defects)
+                    overwrite=overwrite, calibration=cal, defects=defects, image_score=image_score)
     click.echo(f"run folder: {run}")
     if bundle is not None:
         from adrt.export.cli import export_run

@@ -104,6 +104,32 @@ class GaussianBlur(nn.Module):
         return (a_h @ m) @ a_w_t
 
 
+#: TensorRT's TopK layer takes K up to 3840.
+MAX_TOPK = 3840
+
+
+def topk_count(image_score: str, pixels: int) -> int:
+    """Pixels the image score averages: 0 for ``max`` (the method's own image score, or the map's
+    maximum), else k = max(1, round(fraction · pixels)) for ``topk:FRACTION`` (e.g. ``topk:0.01``)."""
+    from adrt.errors import AdrtError
+
+    if image_score == "max":
+        return 0
+    kind, _, frac = str(image_score).partition(":")
+    try:
+        f = float(frac)
+    except ValueError:
+        f = float("nan")
+    if kind != "topk" or not 0.0 < f <= 1.0:
+        raise AdrtError(f"image score {image_score!r}: expected 'max' or 'topk:FRACTION' with 0 < FRACTION <= 1 "
+                        f"(e.g. topk:0.01, the mean of the top 1 % of the map)")
+    k = max(1, int(round(f * pixels)))
+    if k > MAX_TOPK:
+        raise AdrtError(f"image score {image_score!r}: the top {k} of {pixels} pixels; TensorRT's TopK takes at "
+                        f"most {MAX_TOPK}: use a fraction up to {MAX_TOPK / pixels:.3g}")
+    return k
+
+
 class Detector(nn.Module):
     """uint8 ``image`` N×H×W×C → (``anomaly_map`` N×H×W, ``score`` N, ``raw_map``, ``raw_score``).
 
@@ -114,10 +140,12 @@ class Detector(nn.Module):
 
     output_names = OUTPUT_NAMES
 
-    def __init__(self, scorer: nn.Module, spec: InputSpec, sigma: float = 4.0):
+    def __init__(self, scorer: nn.Module, spec: InputSpec, sigma: float = 4.0, image_score: str = "max"):
         super().__init__()
         self.scorer = scorer
         self.spec = spec
+        self.image_score = image_score
+        self.topk = topk_count(image_score, spec.height * spec.width)
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
         self.blur = GaussianBlur(sigma, spec.height, spec.width)
@@ -139,7 +167,11 @@ class Detector(nn.Module):
         x = self.preprocess(image)
         patch_map, patch_score = self.scorer(x)
         m = self.blur.upsample(patch_map, self.spec.height, self.spec.width)
-        score = patch_score if patch_score is not None else m.flatten(1).amax(dim=1)
+        if self.topk:
+            # Mean of the k largest map values: one hot pixel (e.g. at the border) cannot decide alone.
+            score = m.flatten(1).topk(self.topk, dim=1).values.mean(dim=1)
+        else:
+            score = patch_score if patch_score is not None else m.flatten(1).amax(dim=1)
         return m, score
 
     def forward(self, image: torch.Tensor):

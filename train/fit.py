@@ -20,7 +20,7 @@ from adrt.data import Dataset, load_images, load_masks, split_holdout
 from adrt.errors import AdrtError, DataError, InputError
 from adrt.outputs import Kind, check_output, staged_folder
 from adrt.runtime.limits import check_threads
-from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate
+from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate, topk_count
 from adrt.thresholds import CalibrationOptions
 from adrt.train.registry import get_method
 
@@ -70,19 +70,23 @@ def _log(msg: str = "", end: str = "\n") -> None:
 def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
           seed: int = 0, holdout: float = 0.1, min_holdout: int = 4, options: dict | None = None,
           threads: int | None = None, log=_log, overwrite: bool = False,
-          calibration: CalibrationOptions | None = None, defects: str | os.PathLike | None = None) -> Path:
+          calibration: CalibrationOptions | None = None, defects: str | os.PathLike | None = None,
+          image_score: str = "max") -> Path:
     """Fit ``method`` on the normal images of ``data`` and write a run folder to ``out``.
 
     A fraction ``holdout`` of the normal training images (at least ``min_holdout``) is kept out
     of fitting and used to calibrate the thresholds by ``calibration`` (default: mean + 3·std; see
     adrt.thresholds); ``defects``: labelled defect images for the f1 rule (see
-    :func:`load_defects`). Returns the run folder. An existing run
+    :func:`load_defects`). ``image_score``: ``max`` (the method's own image score, else the map's
+    maximum) or ``topk:FRACTION`` (the mean of that top fraction of the smoothed map; see
+    adrt.train.detector.topk_count). Returns the run folder. An existing run
     folder at ``out`` is replaced only with ``overwrite``; anything else there is refused before
     training starts (adrt.outputs).
     """
     cfg = make_config(method, options)
     threads = check_threads(threads)
     InputSpec(height=size, width=size)           # the size is checked before anything else
+    topk_count(image_score, size * size)
     calibration = _check_calibration(calibration, defects, data)
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[data])
     if threads:
@@ -98,7 +102,7 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     cls = get_method(method)
     probe = Detector(torch.nn.Identity(), spec)
     scorer = cls.fit(cfg, fit_imgs, probe.preprocess, seed=seed, log=log)
-    det = Detector(scorer, spec, sigma=cfg.sigma).eval()
+    det = Detector(scorer, spec, sigma=cfg.sigma, image_score=image_score).eval()
     cal = calibrate(det, load_images(hold_paths, size, size), options=calibration, defects=defect_data)
     seconds = time.perf_counter() - t0
     log(f"  trained in {seconds:.1f} s; image threshold {cal.score_threshold:.4g} (raw)")
@@ -109,11 +113,13 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
         "method": method,
         "config": asdict(cfg),
         "input": spec.to_dict(),
+        "image_score": image_score,
         "calibration": cal.to_dict(),
         "training": {
             "data": str(Path(data).resolve()), "dataset": ds.name, "n_fit": len(fit_paths),
             "n_holdout": len(hold_paths), "seed": seed, "seconds": round(seconds, 2),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            **getattr(scorer, "fit_record", {}),
         },
     }
     return save_run(det, meta, out, overwrite=overwrite, inputs=[data])
@@ -166,13 +172,17 @@ def _holdout_paths(meta: dict, data=None) -> list:
     return split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])[1]
 
 
-def recalibrate(run, out, calibration: CalibrationOptions, *, defects=None, data=None, log=_log,
-                overwrite: bool = False) -> Path:
+def recalibrate(run, out, calibration: CalibrationOptions | None = None, *, defects=None, data=None, log=_log,
+                overwrite: bool = False, image_score: str | None = None) -> Path:
     """Write run folder ``out``: run ``run`` with its thresholds chosen again by ``calibration``
-    on its own held-out images (no refitting); ``defects`` as for :func:`train`."""
+    (default: the std rule) on its own held-out images, no refitting; ``defects`` as for
+    :func:`train`. ``image_score``: also change the image score (``max``, ``topk:FRACTION``)."""
     import copy
 
     det, meta = load_run(run)
+    if image_score is not None:
+        det = Detector(det.scorer, det.spec, sigma=det.blur.sigma, image_score=image_score).eval()
+        meta["image_score"] = image_score
     calibration = _check_calibration(calibration, defects, data if data is not None else meta["training"]["data"])
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[run])
     hold = _holdout_paths(meta, data)
@@ -182,7 +192,8 @@ def recalibrate(run, out, calibration: CalibrationOptions, *, defects=None, data
     _log_calibration(cal, log)
     meta = copy.deepcopy(meta)
     meta["calibration"] = cal.to_dict()
-    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()), "changed": {"calibration": cal.rule}}
+    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()),
+                                        "changed": {"calibration": cal.rule, "image_score": meta.get("image_score", "max")}}
     return save_run(det, meta, out, overwrite=overwrite, inputs=[run])
 
 
@@ -245,7 +256,11 @@ def load_run(run) -> tuple[Detector, dict]:
         cal = Calibration.from_dict(meta["calibration"])
     except (KeyError, TypeError, InputError) as e:
         raise AdrtError(f"{meta_path}: not a valid run record ({type(e).__name__}: {e})") from None
-    det = Detector(cls.build(cfg), spec, sigma=cfg.sigma)
+    image_score = meta.get("image_score", "max")          # runs from before the option: max
+    try:
+        det = Detector(cls.build(cfg), spec, sigma=cfg.sigma, image_score=image_score)
+    except AdrtError as e:
+        raise AdrtError(f"{meta_path}: {e}") from None
     state = torch.load(w_path, map_location="cpu", weights_only=True)
     _resize_buffers(det, state)
     det.load_state_dict(state)

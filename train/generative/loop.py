@@ -144,6 +144,6 @@ def with_options(run: str | os.PathLike, out: str | os.PathLike, data: str | os.
                         f"test-time options: {', '.join(allowed)}")
     cfg = replace(det.scorer.cfg, **changes)
     scorer = rebuild_scorer(cls, det.scorer, cfg)
-    new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma).eval()
+    new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma, image_score=det.image_score).eval()
     return save_derived_run(new, cfg, meta, run, out, changes, data, log, f"with_options {changes}",
                             overwrite=overwrite)

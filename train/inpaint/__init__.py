@@ -63,7 +63,7 @@ def with_mask_set(run: str | os.PathLike, out: str | os.PathLike, data: str | os
     scorer = InpaintScorer(cfg)
     scorer.net.load_state_dict(det.scorer.net.state_dict())
     scorer.set_masks(spec.height, spec.width, tr["seed"])
-    new = Detector(scorer, spec, sigma=cfg.sigma).eval()
+    new = Detector(scorer, spec, sigma=cfg.sigma, image_score=det.image_score).eval()
     return save_derived_run(new, cfg, meta, run, out, changes, data, log,
                             f"with_mask_set: cells {cfg.cells} × {cfg.n_masks} masks, error {cfg.error}",
                             overwrite=overwrite)

@@ -54,6 +54,6 @@ def single_scale(run, p: int, out, data=None, log=lambda *a, **k: None, overwrit
     with torch.no_grad():
         for name in ("t_mean", "t_std", "err_stats", "var_stats"):
             getattr(scorer, name)[0] = getattr(src, name)[k]
-    new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma).eval()
+    new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma, image_score=det.image_score).eval()
     return save_derived_run(new, cfg, meta, run, out, {"scales": [p]}, data, log, f"single_scale: p={p}",
                             overwrite=overwrite)
