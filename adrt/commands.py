@@ -262,6 +262,13 @@ def info(bundle):
                    f"TensorRT {e.get('tensorrt')}{batch}, built {e.get('built', '?')}")
     if not m.get("engines"):
         click.echo("engine      none (build one on the target device: adrt build-engine BUNDLE)")
+    cal = b.contract.calibration or {}
+    for what in ("image", "pixel"):
+        if cal.get(what):
+            from adrt.contract import Decision
+            from adrt.thresholds import describe
+
+            click.echo(f"threshold   {describe(Decision.from_dict(cal[what]), what)}")
     t = m.get("training", {})
     click.echo(f"training    {t.get('dataset')}: {t.get('n_fit')} fit + {t.get('n_holdout')} calibration images, {t.get('seconds')} s")
     for name, res in m.get("metrics", {}).items():
