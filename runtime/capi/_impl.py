@@ -163,21 +163,20 @@ def bind(ffi, lib, built_for: str) -> None:
         finally:
             table.release(entry)
 
-    @guarded
-    def threshold(handle, threshold_p):
-        entry = table.acquire(handle, "adrt_threshold")
+    def _read(handle, name: str, out_p) -> None:
+        entry = table.acquire(handle, "adrt_" + name)
         try:
-            threshold_p[0] = entry.session.threshold
+            out_p[0] = getattr(entry.session, name)
         finally:
             table.release(entry)
 
     @guarded
+    def threshold(handle, threshold_p):
+        _read(handle, "threshold", threshold_p)
+
+    @guarded
     def pixel_threshold(handle, pixel_threshold_p):
-        entry = table.acquire(handle, "adrt_pixel_threshold")
-        try:
-            pixel_threshold_p[0] = entry.session.pixel_threshold
-        finally:
-            table.release(entry)
+        _read(handle, "pixel_threshold", pixel_threshold_p)
 
     @guarded
     def set_thresholds(handle, threshold, pixel_threshold):
