@@ -49,10 +49,16 @@ class TapFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2] // self.grid_stride, x.shape[-1] // self.grid_stride
-        if self.pad:
+        # Reflection needs pad < the side: small inputs get the largest multiple of the coarsest
+        # stride that fits (static at export, the input size being fixed).
+        step = max(self.tap_strides + [self.grid_stride])
+        pad = self.pad
+        while pad and pad >= min(x.shape[-2], x.shape[-1]):
+            pad -= step
+        if pad:
             # Reflect-pad (ONNX Pad mode reflect: TensorRT takes it) so the backbone's zero padding
             # lies `pad` pixels outside the image instead of at its edge.
-            x = F.pad(x, (self.pad,) * 4, mode="reflect")
+            x = F.pad(x, (pad,) * 4, mode="reflect")
         out = []
         for f, s in zip(self.backbone.features(x, self.taps), self.tap_strides):
             if self.local > 1:
@@ -61,8 +67,8 @@ class TapFeatures(nn.Module):
                     f = F.avg_pool2d(F.pad(f, (r,) * 4, mode="reflect"), self.local, stride=1)
                 else:
                     f = F.avg_pool2d(f, self.local, stride=1, padding=r, count_include_pad=False)
-            if self.pad:
-                c = self.pad // s
+            if pad:
+                c = pad // s
                 f = f[..., c : f.shape[-2] - c, c : f.shape[-1] - c]
             if s < self.grid_stride:
                 f = F.adaptive_avg_pool2d(f, (h, w))
