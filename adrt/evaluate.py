@@ -13,6 +13,7 @@ import numpy as np
 from adrt.data import Dataset, load_images, load_masks
 from adrt.errors import DataError
 from adrt.metrics import evaluate, format_table
+from adrt.runtime.bundle import open_bundle, write_manifest
 
 
 def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | None = None, overlays: int = 0,
@@ -126,3 +127,15 @@ def _write_overlays(session, ds, folder: Path, n: int, masks) -> None:
         save_panel(folder / f"{s.defect_type}_{s.path.stem}.png", imgs[j], r.maps[j], float(r.scores[j]),
                    session.threshold, None if masks is None else masks[i], pixel_threshold=session.pixel_threshold,
                    raw_score=float(r.raw_scores[j]))
+
+
+def record_metrics(bundle, data, result, precision: str = "fp32") -> None:
+    """Add eval results to a bundle folder's manifest (the manifest itself carries no checksum)."""
+    b = open_bundle(bundle)
+    if b.is_zip:
+        b.cleanup()
+        raise DataError(f"{bundle}: --record needs a bundle folder, not a .zip")
+    key = Path(data).resolve().name + ("" if precision == "fp32" else f"@{precision}")
+    b.manifest.setdefault("metrics", {})[key] = {
+        k: result[k] for k in ("overall", "per_type", "counts", "at_threshold") if k in result}
+    write_manifest(b.root, b.manifest)

@@ -196,7 +196,7 @@ def stats_us(t: list[float]) -> dict:
 
 
 def make_bundle(work: Path, size: int) -> Path:
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.synth import make_dataset
     from adrt.train.fit import train
 

@@ -1,6 +1,6 @@
 """Real-GPU check of the CUDA memory path that the native TensorRT backend uses without pycuda.
 
-Exercises ``adrt.runtime.tensorrt._CudaPython`` (NVIDIA's cuda-python runtime bindings) on a real
+Exercises ``adrt.runtime.cuda._CudaPython`` (NVIDIA's cuda-python runtime bindings) on a real
 device: properties, stream, pinned host buffers, device buffers, async copies both ways, sync and
 release — the calls whose conventions the unit tests can only check against fakes. TensorRT
 itself is not needed. Writes JSON to the path given (default benchmarks/results/cuda_bindings.json).
@@ -18,7 +18,7 @@ import numpy as np
 
 
 def main(out: str | None = None) -> int:
-    from adrt.runtime.tensorrt import _CudaPython, open_cuda
+    from adrt.runtime.cuda import _CudaPython, open_cuda
 
     report: dict = {}
     cuda = _CudaPython(0)

@@ -24,12 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
-from adrt.runtime.bench import TUNED_MALLOC  # glibc settings for torch eager's best case
+from _results import DATASETS, write_report  # benchmarks/_results.py (this folder is on sys.path)
+from adrt.bench.machine import TUNED_MALLOC  # glibc settings for torch eager's best case
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 
 
 def main(argv=None) -> int:
@@ -46,11 +44,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from adrt.commands import record_metrics
+    from adrt.evaluate import record_metrics
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.runtime import load
-    from adrt.runtime.bench import bench, machine_info
+    from adrt.bench.harness import bench
+    from adrt.bench.machine import machine_info
     from adrt.train.fit import train
 
     torch.set_num_threads(args.threads)

@@ -13,7 +13,7 @@ Per dataset (128×128 inputs, CPU):
   and MemAE's SSIM map;
 * on the first dataset only (latency does not depend on the weights): bundles of the VAE at every
   K, the MMD head, MemAE and the AE, each benchmarked at batch 1 with ONNX Runtime CPU beside torch
-  eager in the same run (``adrt.runtime.bench.bench``).
+  eager in the same run (``adrt.bench.harness.bench``).
 
 Writes benchmarks/results/generative.{json,md}.
 
@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+from _results import DATASETS  # benchmarks/_results.py (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 
 
 def log(msg: str) -> None:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from adrt.runtime.bench import machine_info
+    from adrt.bench.machine import machine_info
 
     torch.set_num_threads(args.threads)
     out_json = args.out.with_suffix(".json")
@@ -130,7 +130,7 @@ _EXPORT_SECONDS: dict[str, float] = {}
 def exported(run: Path, data: Path, args) -> tuple[Path, float | None]:
     """The run's bundle (exported unless reusable) and the export time (None when reused and not timed
     in this process)."""
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
 
     bundle = run.parent / f"{run.name}_bundle"
     if not (args.reuse and (bundle / "manifest.json").exists()):
@@ -257,7 +257,7 @@ def dataset_rows(name: str, data: Path, args) -> list[dict]:
 def latency_rows(name: str, data: Path, args, previous: list[dict] = ()) -> list[dict]:
     """ORT vs torch eager per detector and thread count; a reused bundle keeps the export time that
     ``previous`` (the results file's latency rows) recorded for it."""
-    from adrt.runtime.bench import bench
+    from adrt.bench.harness import bench
 
     vae = args.work / f"vae_{data.name}"
     memae = args.work / f"memae_{data.name}"
@@ -320,7 +320,7 @@ def to_markdown(report: dict) -> str:
             "",
             "Host uint8 image in → map and score on the host; mean (p50/p99) over "
             f"{report['runs']} runs, ONNX Runtime CPU and torch eager interleaved in the same benchmark run "
-            "(`adrt.runtime.bench.bench`). The machine is shared, so absolute figures carry noise.",
+            "(`adrt.bench.harness.bench`). The machine is shared, so absolute figures carry noise.",
             "",
             "| detector | K | threads | ORT CPU ms | torch eager ms | ORT speed-up | export s | bundle MB |",
             "|---|---|---|---|---|---|---|---|",

@@ -64,7 +64,7 @@ def prepare(out: Path, size: int = 128, methods=None) -> list:
     """One bundle per registered method (fp16 and int8 models) under ``out``, and test images."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from adrt.data import Dataset, load_images
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.export.quantize import add_variant
     from adrt.synth import make_dataset
     from adrt.train.fit import train
@@ -142,7 +142,7 @@ def timed(run, h: int, w: int, runs: int, batch: int = 8) -> dict:
 
 def cuda_memory_path() -> dict:
     """The cuda-python path of the TensorRT backend on the real device (round trips of pinned buffers)."""
-    from adrt.runtime.tensorrt import _CudaPython
+    from adrt.runtime.cuda import _CudaPython
 
     cuda = _CudaPython(0)
     try:

@@ -11,7 +11,7 @@ test-time choice, so every mask set below uses that one network:
 2. Latency per number of masks M (the cost depends on M only, and the graphs of the two datasets
    differ only in weights and mask values, so it is measured once, on the first dataset): a run
    folder with that mask set (`with_mask_set`, recalibrated on the run's held-out images),
-   exported, then ONNX Runtime CPU beside torch eager at batch 1 (`adrt.runtime.bench.bench`).
+   exported, then ONNX Runtime CPU beside torch eager at batch 1 (`adrt.bench.harness.bench`).
 3. End to end: the default mask set's bundle evaluated with ONNX Runtime (`evaluate_session`),
    which must agree with its row of the grid.
 
@@ -31,11 +31,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from _results import DATASETS, write_report  # benchmarks/_results.py (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 CELLS = (2, 4, 8, 16)
 # Mask sets reported (cells, n_masks). The first is RIAD's.
 SETS = [
@@ -174,9 +172,10 @@ def main(argv=None) -> int:
     import torch
 
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.runtime import load
-    from adrt.runtime.bench import bench, machine_info
+    from adrt.bench.harness import bench
+    from adrt.bench.machine import machine_info
     from adrt.train.fit import train
     from adrt.train.inpaint import InpaintConfig, with_mask_set
 
@@ -314,7 +313,7 @@ def to_markdown(report: dict) -> str:
                       f"{f(e.get('pixel_auroc'))}, AUPRO {f(e.get('aupro'))}, F1-max {f(e.get('f1_max'))}.", ""]
     lines += ["## Latency by number of masks", "",
               f"Batch 1, uint8 image in → map and score out. The cost depends on M only; measured once, on {where}. "
-              f"Columns 2-3: `adrt.runtime.bench.bench` with {report['threads']} threads, mean / p50 / min over "
+              f"Columns 2-3: `adrt.bench.harness.bench` with {report['threads']} threads, mean / p50 / min over "
               f"{report['runs']} runs, ONNX Runtime CPU and torch eager in the same run. The CPU was shared with other "
               "jobs (load average 4-7 on 2 cores), which inflates these, torch eager's most (its two OpenMP threads "
               "wait for each other whenever a core is taken). Columns 4-5: one thread, ONNX Runtime and torch eager "

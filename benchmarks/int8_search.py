@@ -1,6 +1,6 @@
 """How well does INT8's normal-image check predict the test AUROC it costs? One bundle, every split.
 
-``adrt.export.quantize.choose_int8`` keeps the first float prefix/suffix split of the network
+``adrt.export.int8.choose_int8`` keeps the first float prefix/suffix split of the network
 whose raw scores on the training holdout (normal images only) shift by ≤ INT8_MAX_SHIFT_STD and
 scatter by ≤ INT8_MAX_SCATTER_STD calibration std. This script quantises *every* split of the
 search for one bundle and target and records, beside the holdout shift and scatter, the scatter on
@@ -41,15 +41,16 @@ def main(argv=None) -> int:
     import onnx
 
     from adrt.data import Dataset, load_images
-    from adrt.export import quantize as Q
+    from adrt.export import int8 as Q
+    from adrt.export.calibration import holdout_images, load_calibration
     from adrt.metrics import evaluate
     from adrt.runtime.bundle import open_bundle
 
     b = open_bundle(args.bundle)
     h, w = int(b.input["height"]), int(b.input["width"])
     model = onnx.load(str(b.model_path("fp32")))
-    calib, info = Q.load_calibration(args.data, h, w)
-    held = Q.holdout_images(b.manifest, info["root"], h, w)
+    calib, info = load_calibration(args.data, h, w)
+    held = holdout_images(b.manifest, info["root"], h, w)
     if held is None:
         raise SystemExit(f"{args.bundle}: no training holdout for {args.data} (not the bundle's training data?)")
     check = Q.check_subset(held)                            # what choose_int8 checks on
@@ -58,12 +59,12 @@ def main(argv=None) -> int:
     labels = np.array([s.label for s in ds.test])
     types = [s.defect_type for s in ds.test]
     std = float(b.manifest["calibration"]["score_std"])
-    fp32 = Q._session(model, args.threads)
-    ref_check, ref_test = Q._raw_scores(fp32, check), Q._raw_scores(fp32, test)
+    fp32 = Q.cpu_session(model, args.threads)
+    ref_check, ref_test = Q.raw_scores(fp32, check), Q.raw_scores(fp32, test)
     auroc0 = evaluate(labels, ref_test, types)["overall"]["image_auroc"]
     quantisable = Q.int8_region(model)
     n = len(quantisable)
-    splits = Q._int8_candidates(n)[: args.max_splits]
+    splits = Q.int8_candidates(n)[: args.max_splits]
     print(f"{args.name}: fp32 image AUROC {auroc0:.4f}; {len(splits)} splits of {n} quantisable nodes", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory(prefix="adrt-int8-search-") as tmp:
@@ -72,9 +73,9 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             q = Q.quantize_int8(model, calib, args.target, region=quantisable[k : n - j], calibration_cache=cache,
                                 threads=args.threads)
-            s = Q._session(q, args.threads)
-            shift, scatter = Q.score_shift(ref_check, Q._raw_scores(s, check), std)
-            got = Q._raw_scores(s, test)
+            s = Q.cpu_session(q, args.threads)
+            shift, scatter = Q.score_shift(ref_check, Q.raw_scores(s, check), std)
+            got = Q.raw_scores(s, test)
             good, bad = labels == 0, labels == 1
             auroc = evaluate(labels, got, types)["overall"]["image_auroc"]
             row = {"float_prefix": k, "float_suffix": j, "holdout_shift_std": shift, "holdout_scatter_std": scatter,

@@ -17,11 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from _results import DATASETS, write_report  # benchmarks/_results.py (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 
 
 def pooling_matrix(tap_channels: list[int], k: int):
@@ -49,9 +47,9 @@ def main(argv=None) -> int:
     import torch
 
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.runtime import load
-    from adrt.runtime.bench import machine_info
+    from adrt.bench.machine import machine_info
     from adrt.train.backbone import tap_info, taps_for_strides
     from adrt.train.fit import train
     from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer

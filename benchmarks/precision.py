@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from _results import write_report
+from _results import DATASETS as SHARED_DATASETS  # benchmarks/_results.py (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "mtile": DATA / "magnetic_tile" / "magnetic_tile"}
+DATASETS = {"bottle": SHARED_DATASETS["bottle"], "mtile": SHARED_DATASETS["magnetic_tile"]}
 RUNS = HERE.parent / "runs"
 # case name (method[-variant]) -> bundle folder relative to --bundles; {data}: bottle / magnetic_tile.
 BUNDLE_PATHS = {
@@ -323,7 +323,7 @@ NOTES = [
 
 
 def to_markdown(report: dict) -> str:
-    from adrt.export.quantize import INT8_MAX_SCATTER_STD, INT8_MAX_SHIFT_STD
+    from adrt.export.int8 import INT8_MAX_SCATTER_STD, INT8_MAX_SHIFT_STD
 
     m = report["machine"]
     old = [r["case"] for r in report["results"] if "variants" in r and "measured" not in r]

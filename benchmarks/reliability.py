@@ -273,7 +273,7 @@ def summarise(results: list[dict]) -> dict:
 # --- setup and report -----------------------------------------------------------------------------
 
 def prepare(work: Path) -> None:
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.synth import make_dataset
     from adrt.train.fit import train
 

@@ -38,7 +38,7 @@ def find_bundles(work: Path) -> list[Path]:
 
 def record_evals(bundles: list[Path]) -> None:
     """Store foundation.py's ``<name>_eval/metrics.json`` in each bundle manifest that has no metrics."""
-    from adrt.commands import record_metrics
+    from adrt.evaluate import record_metrics
 
     for b in bundles:
         manifest = json.loads((b / "manifest.json").read_text())

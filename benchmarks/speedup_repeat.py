@@ -6,7 +6,7 @@ eager, each in its own process, interleaved) ``--repeats`` times per bundle, in 
 
 * ``default``: torch eager as a batch-1 loop runs it in a fresh process (glibc returns its large
   temporaries to the OS and faults them in again on every forward);
-* ``tuned``: glibc told to keep them (:data:`adrt.runtime.bench.TUNED_MALLOC`), torch eager's best case.
+* ``tuned``: glibc told to keep them (:data:`adrt.bench.machine.TUNED_MALLOC`), torch eager's best case.
 
 Within a repeat every bundle is benched in both states before the next repeat starts, so host drift
 spreads over all rows. Reports the ratio of means and of medians per repeat, and their minimum,
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
-from adrt.runtime.bench import TUNED_MALLOC
+from adrt.bench.machine import TUNED_MALLOC
 
 HERE = Path(__file__).resolve().parent
 STATES = {"default": None, "tuned": TUNED_MALLOC}
@@ -72,7 +72,9 @@ def main(argv=None) -> int:
     if args.repeats < 1 or args.runs < 1:
         raise SystemExit("--repeats and --runs: expected positive numbers")
 
-    from adrt.runtime.bench import bench, machine_info, pair_torch_runs, recorded_torch_runs
+    from adrt.bench.harness import bench
+    from adrt.bench.machine import machine_info
+    from adrt.bench.plan import pair_torch_runs, recorded_torch_runs
 
     paired = pair_torch_runs(args.bundles, args.torch_run)
     torch_runs = {**recorded_torch_runs(args.bundles, paired, log=None), **paired}

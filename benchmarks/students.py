@@ -26,15 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from _results import DATASETS, write_report  # benchmarks/_results.py (this folder is on sys.path)
 
 # Before torch starts OpenMP: on a 2-core machine shared with other jobs, spinning OpenMP threads
 # make torch ~10× slower at 2 threads (measured); passive waiting removes that. Recorded in the JSON.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "magnetic_tile" / "magnetic_tile"}
 OTHER = {"bottle": "magnetic_tile", "magnetic_tile": "bottle"}
 # name -> (method, options, derived from: (config, receptive field) or None). "{other}" is the other
 # dataset's folder (the teacher distilled on both datasets' training images).
@@ -91,10 +89,11 @@ def main(argv=None) -> int:
     import torch
 
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.runtime import load
-    from adrt.runtime.bench import bench_many, machine_info
-    from adrt.runtime.flops import count
+    from adrt.bench.harness import bench_many
+    from adrt.bench.machine import machine_info
+    from adrt.bench.flops import count
     from adrt.train.fit import train
     from adrt.train.students import single_scale
 
@@ -294,7 +293,7 @@ def to_markdown(report: dict) -> str:
         f"{report['runs']} runs at {report['threads']} threads, ONNX Runtime CPU and torch eager interleaved in "
         "one run per dataset with PatchCore as the reference; the machine was shared with other jobs, so "
         "compare rows of the same dataset (same run), not absolute values across runs. GFLOPs: exported graph "
-        "at batch 1 (adrt.runtime.flops). Train s: wall time of `adrt train` on this 2-core CPU "
+        "at batch 1 (adrt.bench.flops). Train s: wall time of `adrt train` on this 2-core CPU "
         "(per-p rows are cut out of the multi-scale run and share its training).",
         "",
         "| config | dataset | image AUROC | pixel AUROC | AUPRO | F1-max | train s (threads) | ORT ms | torch ms | GFLOPs |",

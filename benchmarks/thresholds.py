@@ -27,7 +27,7 @@ DATASETS = {"bottle": DATA / "mvtec_ad" / "bottle", "magnetic_tile": DATA / "mag
 def evaluate(run, work: Path, data: Path, threads: int) -> dict:
     import adrt.runtime as rt
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
 
     bundle = export_run(run, work / (Path(run).name + "_bundle"), data, trt86=False, overwrite=True)
     with rt.load(bundle, threads=threads) as s:
@@ -47,7 +47,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/adrt_thresholds"))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "thresholds")
+    ap.add_argument("--from-bundles", action="store_true",
+                    help="no training: evaluate the bundles an earlier run left in --work (DATASET_hHOLDOUT[_std]_bundle)")
     args = ap.parse_args(argv)
+    if args.from_bundles:
+        return from_bundles(args)
 
     import torch
 
@@ -70,6 +74,30 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(_line(row), file=sys.stderr, flush=True)
             print(f"  {tag}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    report = {"what": "test FPR at the calibrated threshold vs the calibration's stated uncertainty",
+              "method": "patchcore", "size": args.size, "target_fpr": args.fpr, "rows": rows}
+    write_report(args.out, report, to_markdown(report))
+    return 0
+
+
+def from_bundles(args) -> int:
+    import adrt.runtime as rt
+    from adrt.evaluate import evaluate_session
+
+    rows = []
+    for name in args.datasets:
+        for holdout in args.holdout:
+            for rule, suffix in (("fpr", ""), ("std", "_std")):
+                bundle = args.work / f"{name}_h{holdout:g}{suffix}_bundle"
+                if not (bundle / "manifest.json").is_file():
+                    continue
+                with rt.load(bundle, threads=args.threads) as s:
+                    res = evaluate_session(s, DATASETS[name], log=lambda m: None)
+                    cal = s.bundle.contract.calibration
+                rows.append({"dataset": name, "holdout": holdout, "rule": rule,
+                             "calibration": {k: cal[k] for k in ("image", "pixel", "score_threshold", "map_threshold")},
+                             "overall": res["overall"], "at_threshold": res["at_threshold"]})
+                print(_line(rows[-1]), file=sys.stderr, flush=True)
     report = {"what": "test FPR at the calibrated threshold vs the calibration's stated uncertainty",
               "method": "patchcore", "size": args.size, "target_fpr": args.fpr, "rows": rows}
     write_report(args.out, report, to_markdown(report))

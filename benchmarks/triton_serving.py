@@ -40,7 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def make_bundle(work: Path, size: int) -> Path:
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.synth import make_dataset
     from adrt.train.fit import train
 
@@ -112,7 +112,7 @@ def write_repo(bundle: Path, work: Path, args) -> Path:
 
 
 def adrt_bench(bundle: Path, args) -> dict:
-    from adrt.runtime.bench import bench
+    from adrt.bench.harness import bench
 
     rep = bench(bundle, threads=args.threads, runs=args.bench_runs, warmup=10, batch=args.batch, gemm=False, log=None)
     e = rep["results"][0]

@@ -53,7 +53,7 @@ OLD_EXPORT = r"""
 import json, sys, traceback
 from pathlib import Path
 args = json.loads(sys.argv[1])
-from adrt.export.cli import export_run
+from adrt.export.pipeline import export_run
 from adrt.export.quantize import add_variant
 out = {}
 b = export_run(Path(args["run"]), Path(args["out"]), Path(args["data"]))
@@ -89,7 +89,7 @@ def train_runs(work: Path, methods, reuse: bool) -> dict:
 
 
 def export_new(run: Path, out: Path, data: Path) -> dict:
-    from adrt.export.cli import export_run, record_conformance
+    from adrt.export.pipeline import export_run, record_conformance
     from adrt.export.quantize import add_variant
     from adrt.export.trt86 import add_trt86_variants
 

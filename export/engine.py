@@ -45,8 +45,8 @@ from adrt.errors import BackendError, BundleError, InputError
 from adrt.export.dla import DlaOptions, check_dla_request
 from adrt.outputs import write_bytes_atomic
 from adrt.runtime.bundle import open_bundle, write_manifest
-from adrt.runtime.tensorrt import (INPUT, TensorRTBackend, import_tensorrt, make_logger, open_cuda, plan_tag,
-                                   trt_major)
+from adrt.runtime.cuda import open_cuda
+from adrt.runtime.tensorrt import INPUT, TensorRTBackend, import_tensorrt, make_logger, plan_tag, trt_major
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODEL_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}   # precision -> bundle model variant

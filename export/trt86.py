@@ -30,6 +30,7 @@ import numpy as np
 
 from adrt.errors import BundleError
 from adrt.export.trt_rules import REDUCE_OPS
+from adrt.runtime.bundle import open_bundle, sha256_file, write_manifest
 
 OPSET = 17
 SUFFIX = ".trt86"
@@ -204,8 +205,6 @@ def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=
     ``source_sha256``) is replaced. Returns the new variant keys."""
     import onnx
 
-    from adrt.runtime.bundle import open_bundle, write_manifest
-
     b = open_bundle(bundle)
     if b._tmp:
         b.cleanup()
@@ -215,8 +214,6 @@ def add_trt86_variants(bundle, images: np.ndarray | None = None, keys=None, log=
     if images is None:
         images = np.random.default_rng(0).integers(0, 256, (2, int(spec["height"]), int(spec["width"]),
                                                             int(spec["channels"])), dtype=np.uint8)
-    from adrt.runtime.bundle import sha256_file
-
     added = []
     for key, e in list(manifest["models"].items()):
         if key.endswith(SUFFIX) or (keys is not None and key not in keys):

@@ -105,7 +105,7 @@ class Session:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or images.shape[0] == 0:
             raise InputError(f"images: expected uint8 N×{'×'.join(map(str, expected))} (NHWC, RGB), got "
                              f"{images.dtype} {'×'.join(map(str, images.shape))}; use run_files() or "
-                             f"adrt.runtime.prepare() to convert and resize")
+                             f"Session.prepare(image) to convert and resize one image")
         return np.ascontiguousarray(images)
 
     def run(self, images: np.ndarray) -> Result:

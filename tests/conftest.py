@@ -55,7 +55,7 @@ def runs(tmp_path_factory, synth_data):
 
     def get(method: str) -> tuple[Path, Path]:
         if method not in cache:
-            from adrt.export.cli import export_run
+            from adrt.export.pipeline import export_run
             from adrt.train.fit import train
 
             run = train(method, synth_data, root / method, size=SIZE, seed=0, log=lambda *a, **k: None)

@@ -20,7 +20,7 @@ pytestmark = [
 def test_bottle_accuracy_through_the_exported_bundle(tmp_path, method, image_min, pixel_min):
     pytest.importorskip("torch")
     from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.runtime import load
     from adrt.train.fit import train
 

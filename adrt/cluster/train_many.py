@@ -51,7 +51,7 @@ def train_product(product: dict, out: str) -> dict:
            "bundle": None, "metrics": None, "error": None, "node": socket.gethostname(), "log": str(log_path)}
     t0 = time.perf_counter()
     try:
-        from adrt.export.cli import export_run
+        from adrt.export.pipeline import export_run
         from adrt.train.fit import train
 
         threads = product.get("threads") or max(1, int(product.get("cpus") or 1))

@@ -335,7 +335,7 @@ def test_demo_refuses_a_foreign_folder(foreign):
 
 def test_demo_replaces_its_own_folder_and_restores_it_on_failure(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    import adrt.train.cli as tc
+    import adrt.cli.train as tc
     from adrt.outputs import DEMO_MARKER
 
     demo = tmp_path / "demo"

@@ -47,7 +47,7 @@ def variants(runs, synth_data, tmp_path_factory):
 
 @pytest.mark.parametrize("method", MEASURED)
 def test_feature_region_is_the_backbone_only(runs, method):
-    from adrt.export.quantize import feature_region
+    from adrt.export.region import feature_region
 
     _, b = runs(method)
     model = onnx.load(str(b / "model.onnx"))
@@ -67,7 +67,8 @@ def test_fp16_keeps_io_types_and_agrees_with_fp32(runs, method, synth_data):
     import onnxruntime as ort
 
     from adrt.data import Dataset, load_images
-    from adrt.export.quantize import convert_fp16, feature_region
+    from adrt.export.fp16 import convert_fp16
+    from adrt.export.region import feature_region
 
     _, b = runs(method)
     model = onnx.load(str(b / "model.onnx"))
@@ -204,7 +205,7 @@ def test_runtime_with_a_variant_imports_neither_torch_nor_tensorrt(variants):
 
 def test_export_with_a_failing_variant_writes_no_bundle(runs, synth_data, tmp_path, monkeypatch):
     import adrt.export.quantize as quantize
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
 
     def fail(*a, **k):
         raise BundleError("INT8 moves normal scores too far")

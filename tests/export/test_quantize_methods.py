@@ -33,7 +33,7 @@ SCORING_OPS = {"MatMul", "Softmax", "Sub", "Div", "Sqrt", "Pow", "ReduceMean", "
 
 @pytest.mark.parametrize("method", methods())
 def test_region_is_the_network_and_the_scoring_stays_float(runs, method):
-    from adrt.export.quantize import _SEED_OPS, adjoint_convs, feature_region, image_dependent, map_filters
+    from adrt.export.region import _SEED_OPS, adjoint_convs, feature_region, image_dependent, map_filters
 
     _, b = runs(method)
     model = onnx.load(str(b / "model.onnx"))
@@ -58,7 +58,7 @@ def test_region_is_the_network_and_the_scoring_stays_float(runs, method):
 def test_structure_of_the_float_parts(runs):
     """The method-specific float parts are found where they exist: the VAE's explicit backward pass
     (adjoint convs sharing the forward weights), the partial convs' mask convolutions."""
-    from adrt.export.quantize import adjoint_convs, image_dependent
+    from adrt.export.region import adjoint_convs, image_dependent
 
     found = {}
     for method in ("vae", "inpaint", "memae"):
@@ -101,8 +101,8 @@ def test_fp16_and_int8_run_through_the_runtime_close_to_fp32(variant_bundles, sy
 
 @pytest.mark.parametrize("method", OTHERS)
 def test_float_parts_stay_float_in_the_variant_graphs(variant_bundles, method):
-    from adrt.export.quantize import (_SEED_OPS, adjoint_convs, compared_layers, feature_region, image_dependent,
-                                      int8_region, map_filters)
+    from adrt.export.int8 import int8_region
+    from adrt.export.region import _SEED_OPS, adjoint_convs, compared_layers, feature_region, image_dependent, map_filters
 
     b = variant_bundles(method)
     fp32 = onnx.load(str(b / "model.onnx"))
@@ -164,13 +164,13 @@ def test_float_parts_stay_float_in_the_variant_graphs(variant_bundles, method):
 def test_int8_search_leaves_a_suffix_float_when_the_last_layers_scatter_the_scores(runs, monkeypatch):
     """When quantising the last layers scatters normal scores (EfficientAD-S's autoencoder on
     magnetic tile), the search keeps the fewest last layers float, not almost everything."""
-    import adrt.export.quantize as Q
+    import adrt.export.int8 as Q
 
     model = onnx.load(str(runs("efficientad")[1] / "model.onnx"))
     q8 = Q.int8_region(model)
     n = len(q8)
     step = round(n / 8)
-    assert Q._int8_candidates(n)[:3] == [(0, 0), (step, 0), (0, step)]
+    assert Q.int8_candidates(n)[:3] == [(0, 0), (step, 0), (0, step)]
     images = np.zeros((16, SIZE, SIZE, 3), np.uint8)
     last = set(q8[n - step:])
     tried = []
@@ -186,8 +186,8 @@ def test_int8_search_leaves_a_suffix_float_when_the_last_layers_scatter_the_scor
         return base + np.random.default_rng(0).normal(0, 1.0, len(images))     # scatter ≫ the bound
 
     monkeypatch.setattr(Q, "quantize_int8", fake_quantize)
-    monkeypatch.setattr(Q, "_session", lambda m, threads=None: m if isinstance(m, dict) else None)
-    monkeypatch.setattr(Q, "_raw_scores", fake_scores)
+    monkeypatch.setattr(Q, "cpu_session", lambda m, threads=None: m if isinstance(m, dict) else None)
+    monkeypatch.setattr(Q, "raw_scores", fake_scores)
     _, facts = Q.choose_int8(model, images, "cpu", score_std=1.0)
     assert (facts["float_prefix_nodes"], facts["float_suffix_nodes"]) == (0, step)
     assert facts["quantized_nodes"] == n - step and tried == [n, n - step, n - step]
@@ -199,7 +199,8 @@ def test_only_memaes_encoder_addresses_a_memory(runs, method):
     # INT8 keeps the layers that address MemAE's memory float (the attention's hard shrinkage jumps
     # with small changes of the encoding); no other method has such a Softmax (PatchCore's only
     # feeds the score), and MemAE's decoder stays quantisable.
-    from adrt.export.quantize import _SEED_OPS, addressing_layers, feature_region, int8_region
+    from adrt.export.int8 import int8_region
+    from adrt.export.region import _SEED_OPS, addressing_layers, feature_region
 
     model = onnx.load(str(runs(method)[1] / "model.onnx"))
     region = feature_region(model)
@@ -222,7 +223,7 @@ def test_int8_search_benchmark_scans_the_splits_choose_int8_tries(runs, synth_da
     import importlib.util
     from pathlib import Path
 
-    from adrt.export import quantize as Q
+    from adrt.export import int8 as Q
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "int8_search.py"
     spec = importlib.util.spec_from_file_location("int8_search", path)
@@ -235,7 +236,7 @@ def test_int8_search_benchmark_scans_the_splits_choose_int8_tries(runs, synth_da
     report = json.loads(out.with_suffix(".json").read_text())
     n = len(Q.int8_region(onnx.load(str(bundle / "model.onnx"))))
     assert report["quantisable_nodes"] == n
-    assert [(r["float_prefix"], r["float_suffix"]) for r in report["splits"]] == Q._int8_candidates(n)[:3]
+    assert [(r["float_prefix"], r["float_suffix"]) for r in report["splits"]] == Q.int8_candidates(n)[:3]
     for r in report["splits"]:
         assert r["accepted_now"] == (abs(r["holdout_shift_std"]) <= Q.INT8_MAX_SHIFT_STD
                                      and r["holdout_scatter_std"] <= Q.INT8_MAX_SCATTER_STD)

@@ -279,7 +279,7 @@ def test_check_and_build_engine_modules_need_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys\nimport adrt.export.trt_check, adrt.export.trt86, adrt.export.engine, adrt.export.cli\n"
+    code = ("import sys\nimport adrt.export.trt_check, adrt.export.trt86, adrt.export.engine, adrt.cli.export\n"
             "from adrt.export.trt_check import check_model\n"
             "sys.exit(3 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -31,7 +31,7 @@ def test_runtime_never_imports_torch(runs):
         f"s = rt.load({str(b)!r})\n"
         f"r = s.run(np.zeros((2, {SIZE}, {SIZE}, 3), np.uint8))\n"
         "assert r.maps.shape == (2, %d, %d)\n"
-        "import adrt.cli, adrt.commands, adrt.evaluate, adrt.metrics\n"
+        "import adrt.cli, adrt.cli.bundle, adrt.evaluate, adrt.metrics\n"
         "sys.exit(3 if 'torch' in sys.modules else 0)\n" % (SIZE, SIZE)
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -121,7 +121,7 @@ def test_derived_run_with_mmd_score_and_ssim_map_exports_and_matches(runs, synth
     import onnxruntime as ort
 
     from adrt.data import Dataset, load_images
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.train.fit import load_run
     from adrt.train.generative import with_options
 

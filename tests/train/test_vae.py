@@ -128,7 +128,7 @@ def test_k0_map_is_the_reconstruction_error_and_mmd_head_follows_its_definition(
 
 
 def test_derived_runs_switch_k_and_score_and_export_the_mmd_head(runs, synth_data, tmp_path):
-    from adrt.export.cli import export_run
+    from adrt.export.pipeline import export_run
     from adrt.train.fit import load_run
     from adrt.train.generative import with_options
 

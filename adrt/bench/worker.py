@@ -1,4 +1,4 @@
-"""One benchmark configuration in its own process, driven by :mod:`adrt.runtime.bench` over a pipe.
+"""One benchmark configuration in its own process, driven by :mod:`adrt.bench.harness` over a pipe.
 
 A fresh process per configuration makes its peak RSS its own (a process-wide peak would carry the
 largest model into every later row) and keeps torch out of the parent. The parent sends one JSON
@@ -11,7 +11,9 @@ object per line on stdin and reads one JSON object per line back:
     {"cmd": "profile", "runs": k}                                               -> in-graph split (ORT CPU)
     {"cmd": "exit"}
 
-``python -m adrt.runtime._bench_worker --gemm N SECONDS`` prints the float32 N×N matmul rate of
+The bundle target lives here; torch eager (``"kind": "torch"``) is :mod:`adrt.bench.torch_eager`.
+
+``python -m adrt.bench.worker --gemm N SECONDS`` prints the float32 N×N matmul rate of
 numpy under the BLAS thread settings of its environment.
 """
 from __future__ import annotations
@@ -25,18 +27,12 @@ import time
 
 import numpy as np
 
+from adrt.bench import torch_eager
+from adrt.bench.torch_eager import Unusable
+from adrt.errors import AdrtError
+
 # Leading graph ops that only cast, scale, normalise or re-lay-out the uint8 input.
 PRE_OPS = frozenset({"Cast", "Transpose", "Mul", "Sub", "Div", "Add", "Reshape", "Unsqueeze", "Identity"})
-GRAPH_SPLIT_RULE = (
-    "ONNX Runtime node profiler, execution order: 'pre' = the leading cast/scale/normalise/transpose nodes "
-    "(shape arithmetic among them included); 'post' = from the first node that outputs a one-channel map at the "
-    "input's H×W (upsampling) to the end (blur, calibration, and any scoring nodes scheduled after it); 'model' = "
-    "the nodes in between; 'ort_overhead' = model_run time not spent in nodes; 'host' = wall time of the ONNX "
-    "Runtime call outside model_run (binding, input and output copies)")
-
-
-class Unusable(Exception):
-    """This configuration cannot run here; the message is the reason shown in the report."""
 
 
 def peak_rss_mb() -> float:
@@ -80,8 +76,6 @@ class Target:
     """What one configuration times: ``run1``/``runb`` (batch 1 / batch B, host in → host out) and ``prep``."""
 
     def __init__(self, msg: dict):
-        from adrt.runtime.bundle import open_bundle
-
         self.kind = msg["kind"]
         self.batch = int(msg["batch"])
         self.info: dict = {"base_rss_mb": round(peak_rss_mb(), 1)}
@@ -101,8 +95,9 @@ class Target:
             self._run = self.session.run
             self._prepare = self.session.prepare
         elif self.kind == "torch":
-            self._init_torch(msg, open_bundle)
-            h, w = self.size
+            self._run, self._prepare, (h, w), cuda_peak = torch_eager.load(msg, self.info)
+            if cuda_peak is not None:
+                self._cuda_peak = cuda_peak
         else:
             raise ValueError(f"unknown kind {self.kind!r}")
         self.info["load_s"] = round(time.perf_counter() - t0, 3)
@@ -117,46 +112,6 @@ class Target:
         for _ in range(int(msg["warmup"])):
             self.run1()
         self.prep()
-
-    def _init_torch(self, msg: dict, open_bundle) -> None:
-        try:
-            import torch
-        except ImportError:
-            raise Unusable("torch is not installed here (pip install -e '.[train]' in the adrt source folder); torch eager needs it") from None
-
-        from adrt.runtime.image import resize, to_rgb
-        from adrt.train.fit import load_run
-
-        b = open_bundle(msg["bundle"])
-        try:
-            manifest = b.manifest
-        finally:
-            b.cleanup()
-        if msg["threads"]:
-            torch.set_num_threads(int(msg["threads"]))
-        device = msg.get("device") or "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise Unusable(f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)")
-        det, meta = load_run(msg["run"])
-        want = (manifest["method"], int(manifest["input"]["height"]), int(manifest["input"]["width"]))
-        got = (meta["method"], int(meta["input"]["height"]), int(meta["input"]["width"]))
-        if want != got:
-            raise Unusable(f"torch run {msg['run']} is {got[0]} {got[1]}×{got[2]}, but bundle {msg['bundle']} is "
-                           f"{want[0]} {want[1]}×{want[2]}; pass the run folder the bundle was exported from")
-        self.size = got[1:]
-        self.info.update(method=got[0], torch=torch.__version__, intra_op_threads=torch.get_num_threads())
-        if device == "cuda":
-            det = det.to(device)
-            self.info["device"] = torch.cuda.get_device_name()
-            self._cuda_peak = lambda: torch.cuda.max_memory_allocated() / 2**20
-
-        def run(x):
-            # Host uint8 in, maps and scores back on the host (.cpu() waits for the device).
-            with torch.inference_mode():
-                return [t.cpu().numpy() for t in det(torch.from_numpy(x).to(device))]
-
-        self._run = run
-        self._prepare = lambda frame: resize(to_rgb(frame), *self.size)
 
     def run1(self):
         return self._run(self.x1)
@@ -212,7 +167,7 @@ class Target:
 
 
 def split_profile(events: list, size, skip_runs: int, walls: list[float]) -> dict:
-    """Mean ms per run of each stage, from an ONNX Runtime profile (see GRAPH_SPLIT_RULE)."""
+    """Mean ms per run of each stage, from an ONNX Runtime profile (see :data:`adrt.bench.plan.GRAPH_SPLIT_RULE`)."""
     h, w = size
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     runs = runs[skip_runs:]
@@ -313,8 +268,6 @@ def main() -> int:
             else:
                 reply({"ok": False, "error": f"unknown command {cmd!r}"})
         except Exception as e:  # noqa: BLE001 - every failure goes back to the parent as a reason
-            from adrt.errors import AdrtError
-
             own = isinstance(e, (Unusable, AdrtError))
             reply({"ok": False, "error": str(e) if own else f"{type(e).__name__}: {e}"})
     return 0

@@ -1,4 +1,4 @@
-"""Torch-free subcommands: eval, infer, bench, info, synth."""
+"""Torch-free commands on bundles: eval, infer, bench, info."""
 from __future__ import annotations
 
 import csv
@@ -8,11 +8,10 @@ from pathlib import Path
 
 import click
 
+from adrt.cli.options import overwrite_option
 from adrt.errors import DataError, OutputError
 from adrt.runtime.backends import backend_names
 
-overwrite_option = click.option("--overwrite", is_flag=True,
-                                help="Replace an existing output of this command's kind (never anything else).")
 backend_option = click.option("--backend", type=click.Choice(backend_names()), default="ort-cpu", show_default=True,
                               help="Execution backend; a backend that is not really active is an error.")
 threads_option = click.option("--threads", type=int, default=None,
@@ -42,7 +41,7 @@ precision_option = click.option("--precision", type=click.Choice(["fp32", "fp16"
 @pixel_threshold_option
 def eval_cmd(bundle, data, out, overlays, record, overwrite, backend, threads, precision, threshold, pixel_threshold):
     """Image AUROC, pixel AUROC, AUPRO and F1-max of BUNDLE on DATA's test split."""
-    from adrt.evaluate import evaluate_session
+    from adrt.evaluate import evaluate_session, record_metrics
     from adrt.metrics import format_table
     from adrt.outputs import Kind, check_output
     from adrt.runtime import load
@@ -55,20 +54,6 @@ def eval_cmd(bundle, data, out, overlays, record, overwrite, backend, threads, p
     click.echo(format_table(result))
     if record:
         record_metrics(bundle, data, result, precision)
-
-
-def record_metrics(bundle, data, result, precision: str = "fp32") -> None:
-    """Add eval results to a bundle folder's manifest (the manifest itself carries no checksum)."""
-    from adrt.runtime.bundle import open_bundle, write_manifest
-
-    b = open_bundle(bundle)
-    if b.is_zip:
-        b.cleanup()
-        raise DataError(f"{bundle}: --record needs a bundle folder, not a .zip")
-    key = Path(data).resolve().name + ("" if precision == "fp32" else f"@{precision}")
-    b.manifest.setdefault("metrics", {})[key] = {
-        k: result[k] for k in ("overall", "per_type", "counts", "at_threshold") if k in result}
-    write_manifest(b.root, b.manifest)
 
 
 def _collect_images(inputs) -> list[Path]:
@@ -217,8 +202,10 @@ def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, back
 def bench_cmd(ctx, bundles, backends, threads, precisions, torch_runs, no_torch, torch_devices, runs, warmup, rounds,
               batch, frame, profile_runs, no_gemm, out, compare_to, regression_threshold, fail_on_regression):
     """Latency, throughput, memory and FLOPs of BUNDLES per backend, precision and thread count, interleaved."""
-    from adrt.runtime.bench import (bench_many, compare, load_report, pair_torch_runs, parse_frame,
-                                    recorded_torch_runs, to_markdown, write_report)
+    from adrt.bench.harness import bench_many
+    from adrt.bench.plan import pair_torch_runs, parse_frame, recorded_torch_runs
+    from adrt.bench.report import compare, load_report, write_report
+    from adrt.bench.report_md import to_markdown
 
     old = load_report(compare_to) if compare_to is not None else None   # a bad file fails before the long run
     paired = pair_torch_runs(bundles, torch_runs)
@@ -275,20 +262,3 @@ def info(bundle):
         o = res["overall"]
         click.echo(f"metrics     {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in o.items() if isinstance(v, float)))
     b.cleanup()
-
-
-@click.command()
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--size", type=click.IntRange(min=16), default=128, show_default=True)
-@click.option("--train", "n_train", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--test-good", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--test-defect", type=click.IntRange(min=1), default=10, show_default=True, help="Per defect type.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@overwrite_option
-def synth(out, size, n_train, test_good, test_defect, seed, overwrite):
-    """Write a procedural dataset to OUT (MVTec AD layout, exact masks)."""
-    from adrt.synth import make_dataset
-
-    make_dataset(out, size=size, n_train=n_train, n_test_good=test_good, n_test_defect=test_defect, seed=seed,
-                 overwrite=overwrite)
-    click.echo(f"dataset written to {out}")

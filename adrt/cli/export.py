@@ -1,73 +1,10 @@
-"""`adrt export` (needs torch and onnx)."""
+"""`adrt export`, `adrt check` and `adrt build-engine`: bundles from run folders, and what TensorRT makes of them
+(export needs torch and onnx)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-
-
-def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tensorrt", trt86=True, *,
-               overwrite: bool = False, log=lambda m: None) -> Path:
-    """Export a run folder to a bundle; parity is checked on real training images when ``data`` is given.
-
-    ``precisions``: reduced-precision models to add besides fp32 ("fp16", "int8"; int8 needs
-    ``calib``, a folder of normal images), see adrt.export.quantize. ``trt86``: also write the
-    opset-17 copies TensorRT 8.6 builds from (adrt.export.trt86). Every model is then checked
-    against TensorRT's parser rules (adrt.export.trt_check): the counts go into the manifest
-    (``export.tensorrt_check``) and ``log`` gets a warning listing any violation. The bundle is
-    assembled beside ``out`` and moved into place once complete; an existing bundle is replaced only
-    with ``overwrite``, anything else (the run itself, the data, a foreign folder) never.
-    """
-    from adrt.data import Dataset, load_images
-    from adrt.export.onnx import write_bundle
-    from adrt.export.quantize import Precision, add_variant, load_calibration, parse_precision
-    from adrt.outputs import Kind, check_output, staged_folder
-    from adrt.train.fit import load_run
-
-    inputs = [p for p in (run, data, calib) if p is not None]
-    check_output(out, Kind.BUNDLE, overwrite=overwrite, inputs=inputs)
-    wanted = [p for p in dict.fromkeys(parse_precision(p) for p in precisions) if p is not Precision.FP32]
-    if Precision.INT8 in wanted and calib is None:
-        raise click.BadParameter("int8 needs calibration images: --calib DIR (normal images)", param_hint="--calib")
-    det, meta = load_run(run)
-    # Calibration images are read (and counted) before anything is written.
-    calib_data = load_calibration(calib, det.spec.height, det.spec.width) if Precision.INT8 in wanted else None
-    # Lets `adrt bench` find the torch detector of this bundle on the training machine.
-    meta["training"]["run_folder"] = str(Path(run).resolve())
-    samples = None
-    if data is not None:
-        ds = Dataset.open(data)
-        paths = [s.path for s in ds.test if s.label == 1][:1] + ds.train[:2]
-        samples = load_images(paths, det.spec.height, det.spec.width)
-    out = Path(out)
-    with staged_folder(out, Kind.BUNDLE, overwrite=overwrite, inputs=inputs) as tmp:
-        write_bundle(det, meta, tmp, sample_images=samples)
-        for p in wanted:
-            add_variant(tmp, p, calib_data=calib_data, int8_target=int8_target)
-        if trt86:
-            from adrt.export.trt86 import add_trt86_variants
-
-            add_trt86_variants(tmp, samples)
-        record_conformance(tmp, log)
-    return out
-
-
-def record_conformance(bundle: Path, log=lambda m: None) -> dict:
-    """Check every model of ``bundle`` against each TensorRT target's parser rules; record the
-    violation counts in the manifest (``export.tensorrt_check``) and log a warning listing them."""
-    from adrt.export.trt_check import check_bundle, fatal_count, format_report
-    from adrt.runtime.bundle import read_manifest, write_manifest
-
-    report = check_bundle(bundle)
-    manifest = read_manifest(bundle)
-    manifest.setdefault("export", {})["tensorrt_check"] = {
-        tgt: {key: sum(v.fatal for v in vs) for key, vs in per.items()} for tgt, per in report.items()}
-    write_manifest(bundle, manifest)
-    if fatal_count(report):
-        log("warning: TensorRT's ONNX parser would refuse or misread parts of this bundle (adrt check):\n"
-            + format_report({t: {k: v for k, v in per.items() if any(x.fatal for x in v)} for t, per in report.items()},
-                            notes=False))
-    return report
 
 
 @click.command()
@@ -85,6 +22,10 @@ def record_conformance(bundle: Path, log=lambda m: None) -> dict:
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at OUT (never any other folder).")
 def export(run, out, data, precisions, calib, int8_target, no_trt86, overwrite):
     """Export the detector of run folder RUN to a bundle at OUT."""
+    if "int8" in precisions and calib is None:
+        raise click.BadParameter("int8 needs calibration images: --calib DIR (normal images)", param_hint="--calib")
+    from adrt.export.pipeline import export_run   # torch: loaded for this command only
+
     b = export_run(run, out, data, precisions, calib, int8_target, trt86=not no_trt86, overwrite=overwrite,
                    log=lambda m: click.echo(m, err=True))
     click.echo(f"bundle: {b}")

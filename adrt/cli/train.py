@@ -6,17 +6,8 @@ from pathlib import Path
 
 import click
 
+from adrt.cli.options import overwrite_option, parse_set
 from adrt.errors import AdrtError
-
-
-def _parse_options(items) -> dict:
-    out = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        if not sep:
-            raise AdrtError(f"--set {it!r}: expected KEY=VALUE")
-        out[k.strip().replace("-", "_")] = v.strip()
-    return out
 
 
 @click.command()
@@ -56,7 +47,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
 
     from adrt.thresholds import options_from_cli
 
-    opts = _parse_options(options)
+    opts = parse_set(options)
     make_config(method, opts)                     # unknown method or bad --set: before anything else
     cal = options_from_cli(calibration, k, fpr, pixel_fpr, defects)
     if bundle is not None:
@@ -69,7 +60,7 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
                     overwrite=overwrite, calibration=cal, defects=defects, image_score=image_score)
     click.echo(f"run folder: {run}")
     if bundle is not None:
-        from adrt.export.cli import export_run
+        from adrt.export.pipeline import export_run
 
         export_run(run, bundle, data, overwrite=overwrite, log=lambda m: click.echo(m, err=True))
         click.echo(f"bundle: {bundle}")
@@ -145,12 +136,13 @@ def _demo_folder(out: Path, ours: bool) -> Path | None:
 
 
 def _run_demo(out: Path, method: str, size: int) -> None:
-    from adrt.commands import record_metrics
-    from adrt.evaluate import evaluate_session
-    from adrt.export.cli import export_run
+    from adrt.bench.harness import bench
+    from adrt.bench.report import write_report
+    from adrt.bench.report_md import to_markdown
+    from adrt.evaluate import evaluate_session, record_metrics
+    from adrt.export.pipeline import export_run
     from adrt.metrics import format_table
     from adrt.runtime import load
-    from adrt.runtime.bench import bench, to_markdown, write_report
     from adrt.synth import make_dataset
     from adrt.train.fit import train as run_train
 
@@ -174,3 +166,20 @@ def _run_demo(out: Path, method: str, size: int) -> None:
     click.echo(f"report:   {', '.join(str(p) for p in paths)}  (open the .html in a browser)")
     click.echo(f"next:     adrt infer {bundle} {data / 'test'} --out scores.csv   "
                f"(or your own images: adrt train {method} --data YOUR_DATA --out runs/mine --export bundles/mine)")
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--size", type=click.IntRange(min=16), default=128, show_default=True)
+@click.option("--train", "n_train", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--test-good", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--test-defect", type=click.IntRange(min=1), default=10, show_default=True, help="Per defect type.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@overwrite_option
+def synth(out, size, n_train, test_good, test_defect, seed, overwrite):
+    """Write a procedural dataset to OUT (MVTec AD layout, exact masks)."""
+    from adrt.synth import make_dataset
+
+    make_dataset(out, size=size, n_train=n_train, n_test_good=test_good, n_test_defect=test_defect, seed=seed,
+                 overwrite=overwrite)
+    click.echo(f"dataset written to {out}")

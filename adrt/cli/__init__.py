@@ -16,21 +16,21 @@ from adrt._version import __version__
 from adrt.errors import AdrtError
 
 _COMMANDS = {
-    "train": ("adrt.train.cli", "train", "Fit a method on normal images; write a run folder (and a bundle)."),
-    "export": ("adrt.export.cli", "export", "Export a run folder to a bundle (fused ONNX + manifest)."),
-    "eval": ("adrt.commands", "eval_cmd", "Metrics of a bundle on a dataset's test split (+ overlays)."),
-    "infer": ("adrt.commands", "infer", "Score images or folders with a bundle; CSV/JSON out, optional overlays."),
-    "bench": ("adrt.commands", "bench_cmd", "Latency, throughput and memory of a bundle (and the torch detector)."),
-    "check": ("adrt.export.cli", "check_cmd", "Check a bundle's graphs against TensorRT's ONNX-parser rules (8.6, 10, latest)."),
-    "build-engine": ("adrt.export.cli", "build_engine_cmd", "Build a TensorRT engine for this GPU into a bundle (fp32/fp16/int8)."),
-    "info": ("adrt.commands", "info", "Show a bundle's manifest summary after verifying it."),
-    "synth": ("adrt.commands", "synth", "Write a procedural dataset (textures with painted defects) in MVTec layout."),
-    "methods": ("adrt.train.cli", "methods", "List registered methods and their options."),
-    "demo": ("adrt.train.cli", "demo", "The whole path on a generated dataset: train, export, eval, infer, bench."),
-    "build-capi": ("adrt.runtime.capi.build", "build_capi", "Build the C API (libadrt + adrt.h) and its example program."),
-    "triton": ("adrt.triton.cli", "triton_cmd", "Write a Triton Inference Server model repository from bundles."),
-    "triton-check": ("adrt.triton.cli", "triton_check_cmd", "Verify a Triton repository written by adrt (schema, checksums)."),
-    "train-many": ("adrt.cluster.cli", "train_many_cmd", "Train many products (a config or a folder of categories) as Ray tasks."),
+    "train": ("adrt.cli.train", "train", "Fit a method on normal images; write a run folder (and a bundle)."),
+    "export": ("adrt.cli.export", "export", "Export a run folder to a bundle (fused ONNX + manifest)."),
+    "eval": ("adrt.cli.bundle", "eval_cmd", "Metrics of a bundle on a dataset's test split (+ overlays)."),
+    "infer": ("adrt.cli.bundle", "infer", "Score images or folders with a bundle; CSV/JSON out, optional overlays."),
+    "bench": ("adrt.cli.bundle", "bench_cmd", "Latency, throughput and memory of a bundle (and the torch detector)."),
+    "check": ("adrt.cli.export", "check_cmd", "Check a bundle's graphs against TensorRT's ONNX-parser rules (8.6, 10, latest)."),
+    "build-engine": ("adrt.cli.export", "build_engine_cmd", "Build a TensorRT engine for this GPU into a bundle (fp32/fp16/int8)."),
+    "info": ("adrt.cli.bundle", "info", "Show a bundle's manifest summary after verifying it."),
+    "synth": ("adrt.cli.train", "synth", "Write a procedural dataset (textures with painted defects) in MVTec layout."),
+    "methods": ("adrt.cli.train", "methods", "List registered methods and their options."),
+    "demo": ("adrt.cli.train", "demo", "The whole path on a generated dataset: train, export, eval, infer, bench."),
+    "build-capi": ("adrt.cli.capi", "build_capi", "Build the C API (libadrt + adrt.h) and its example program."),
+    "triton": ("adrt.cli.triton", "triton_cmd", "Write a Triton Inference Server model repository from bundles."),
+    "triton-check": ("adrt.cli.triton", "triton_check_cmd", "Verify a Triton repository written by adrt (schema, checksums)."),
+    "train-many": ("adrt.cli.cluster", "train_many_cmd", "Train many products (a config or a folder of categories) as Ray tasks."),
 }
 
 #: What to run for the commands that need the training dependencies, from a source checkout
@@ -92,6 +92,3 @@ class LazyGroup(click.Group):
 def main(debug):
     """adrt: visual anomaly detection from training to edge deployment."""
 
-
-if __name__ == "__main__":
-    main()

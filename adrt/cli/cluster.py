@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from adrt.errors import AdrtError
+from adrt.cli.options import parse_set
 
 
 def _overrides(method, size, seed, holdout, cpus, gpus, memory_mb, threads, no_eval, options) -> dict:
@@ -17,13 +17,7 @@ def _overrides(method, size, seed, holdout, cpus, gpus, memory_mb, threads, no_e
     if no_eval:
         out["evaluate"] = False
     if options:
-        opts = {}
-        for item in options:
-            k, sep, v = item.partition("=")
-            if not sep:
-                raise AdrtError(f"--set {item!r}: expected KEY=VALUE")
-            opts[k.strip().replace("-", "_")] = v.strip()
-        out["options"] = opts
+        out["options"] = parse_set(options)
     return out
 
 

@@ -14,8 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from adrt.errors import AdrtError, BackendError, InputError
-from adrt.runtime.bench import (BenchReportError, bench, bench_many, compare, compare_markdown, load_report, pair_torch_runs,
-                                parse_frame, split_runs, stats_ms, to_markdown, write_report)
+from adrt.bench.harness import bench, bench_many, stats_ms
+from adrt.bench.plan import pair_torch_runs, parse_frame, split_runs
+from adrt.bench.report import BenchReportError, compare, load_report, write_report
+from adrt.bench.report_md import compare_markdown, to_markdown
 
 from tests.conftest import SIZE
 
@@ -59,7 +61,7 @@ def _tiny_model():
 
 
 def test_flops_of_hand_built_graph_match_hand_count(tmp_path):
-    from adrt.runtime.flops import count
+    from adrt.bench.flops import count
 
     model = _tiny_model()
     conv1 = 2 * (6 * 10 * 10) * (3 * 3 * 3)       # 2 × outputs × (C_in/group × kernel)
@@ -77,7 +79,7 @@ def test_flops_of_hand_built_graph_match_hand_count(tmp_path):
 
 
 def test_flops_without_onnx_give_null_and_reason(monkeypatch, tmp_path):
-    from adrt.runtime.flops import count
+    from adrt.bench.flops import count
 
     monkeypatch.setitem(sys.modules, "onnx", None)     # import onnx now raises ImportError
     r = count(tmp_path / "model.onnx")
@@ -86,7 +88,7 @@ def test_flops_without_onnx_give_null_and_reason(monkeypatch, tmp_path):
 
 def test_flops_of_exported_bundle_resolve_every_shape(runs):
     pytest.importorskip("onnx")
-    from adrt.runtime.flops import count
+    from adrt.bench.flops import count
 
     _, b = runs("padim")
     r = count(b / "model.onnx")
@@ -214,7 +216,7 @@ def test_reports_are_written_and_read_back(report, tmp_path):
 
 
 def test_accuracy_plot_when_manifests_hold_metrics(report):
-    from adrt.runtime.report_html import to_html
+    from adrt.bench.report_html import to_html
 
     fake = copy.deepcopy(report)
     for i, e in enumerate(x for x in fake["results"] if x["status"] == "ok"):
@@ -354,7 +356,7 @@ def test_bench_times_torch_from_the_recorded_run_folder(runs, tmp_path):
 def test_a_drifting_machine_is_flagged(report):
     # The GEMM reference is measured before and after the rounds; a change beyond GEMM_DRIFT_WARN
     # is printed so that absolute times are not compared across runs.
-    from adrt.runtime.bench import GEMM_DRIFT_WARN, gemm_drift
+    from adrt.bench.machine import GEMM_DRIFT_WARN, gemm_drift
 
     g = report["gemm"]["1"]
     assert g["drift"] == gemm_drift(g) and g["gflops_start"] and g["gflops_end"]
@@ -370,7 +372,7 @@ def test_a_drifting_machine_is_flagged(report):
 def test_torch_page_faults_are_explained_and_worker_env_is_shown(report):
     # A torch-eager row paying thousands of faults per run gets a note naming glibc's settings for
     # torch's best case; a report made with worker_env says which environment its processes had.
-    from adrt.runtime.bench import FAULTS_NOTE
+    from adrt.bench.machine import FAULTS_NOTE
 
     torch_rows = [e for e in report["results"] if e["status"] == "ok" and e["backend"] == "torch-eager"]
     assert torch_rows
@@ -396,7 +398,7 @@ def test_worker_peak_rss_is_its_own_not_its_parents():
     import sys
 
     big = np.ones(256 * 2**20 // 8)            # 256 MiB, touched
-    code = "from adrt.runtime._bench_worker import peak_rss_mb; print(peak_rss_mb())"
+    code = "from adrt.bench.worker import peak_rss_mb; print(peak_rss_mb())"
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert big[-1] == 1.0 and 0 < child < 200
 
@@ -404,7 +406,7 @@ def test_worker_peak_rss_is_its_own_not_its_parents():
 def test_worker_env_reaches_every_configuration_process(runs, monkeypatch):
     # bench(..., worker_env=...) is how foundation.py and speedup_repeat.py time torch with glibc's
     # malloc tuned; the variables must be in each configuration's own process, not only recorded.
-    import adrt.runtime.bench as bench_mod
+    import adrt.bench.harness as bench_mod
 
     seen = []
 

@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from adrt.bench.report_md import to_markdown
+
 PALETTE = {"ort-cpu": "#1f77b4", "ort-cuda": "#2ca02c", "ort-trt": "#9467bd", "torch-eager": "#d62728",
            "torch-cuda": "#ff9896"}
 STAGES = [("prep", "host prep (outside graph)", "#bcbd22"), ("host", "host call", "#7f7f7f"),
@@ -264,7 +266,7 @@ def _legend(entries: list[dict]) -> str:
 
 
 def markdown_to_html(md: str) -> str:
-    """The subset of Markdown that :func:`adrt.runtime.bench.to_markdown` writes: headings, tables, lists, text."""
+    """The subset of Markdown that :func:`adrt.bench.report_md.to_markdown` writes: headings, tables, lists, text."""
     out, table, items = [], [], []
 
     def inline(s: str) -> str:
@@ -306,8 +308,6 @@ def markdown_to_html(md: str) -> str:
 
 def to_html(report: dict) -> str:
     """The whole report as an HTML page (plots first, then the tables of the Markdown report)."""
-    from adrt.runtime.bench import to_markdown
-
     ok = [e for e in report["results"] if e["status"] == "ok"]
     m = report["machine"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>adrt bench</title><style>{CSS}</style></head>"

@@ -1,0 +1,4 @@
+"""``python -m adrt.cli ...``: the `adrt` command."""
+from adrt.cli import main
+
+main()
