@@ -267,11 +267,87 @@ class Geometry:
 
 
 RESIZE = Geometry()
+DECISION_RULES = ("std", "fpr", "f1")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How one threshold (image score or map pixel) was chosen and what it is expected to do
+    (``calibration.image`` / ``calibration.pixel``; adrt.thresholds writes them).
+
+    ``rule``: std (mean + ``k``·std), fpr (``target_fpr``) or f1 (``n_defect`` labelled defect
+    images, ``f1`` reached). ``holdout_fpr``: the fraction of held-out normal images (pixels) at or
+    above the threshold; ``fpr_interval``: the ``confidence`` interval of the FPR on new normal
+    images, computed as ``interval`` says. ``attainable``: False when ``target_fpr`` needs more
+    held-out images than there were.
+    """
+
+    rule: str
+    n_normal: int
+    holdout_fpr: float
+    fpr_interval: tuple[float, float]
+    confidence: float
+    interval: str
+    attainable: bool = True
+    k: float | None = None
+    target_fpr: float | None = None
+    n_defect: int = 0
+    f1: float | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        check_choice("rule", self.rule, DECISION_RULES)
+        set_(self, "n_normal", check_int("n_normal", self.n_normal, 1))
+        set_(self, "holdout_fpr", check_float("holdout_fpr", self.holdout_fpr, 0.0, 1.0))
+        v = self.fpr_interval
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 2:
+            raise InputError(f"fpr_interval={_show(v)}: expected [low, high]")
+        lo, hi = (check_float(f"fpr_interval[{i}]", x, 0.0, 1.0) for i, x in enumerate(v))
+        if lo > hi:
+            raise InputError(f"fpr_interval={_show(v)}: expected low <= high")
+        set_(self, "fpr_interval", (lo, hi))
+        set_(self, "confidence", check_float("confidence", self.confidence, 0.0, 1.0, lo_open=True, hi_open=True))
+        check_str("interval", self.interval)
+        if not isinstance(self.attainable, bool):
+            raise InputError(f"attainable={_show(self.attainable)}: expected true or false")
+        if self.k is not None:
+            set_(self, "k", check_float("k", self.k, 0.0))
+        if self.target_fpr is not None:
+            set_(self, "target_fpr", check_float("target_fpr", self.target_fpr, 0.0, 1.0, lo_open=True, hi_open=True))
+        set_(self, "n_defect", check_int("n_defect", self.n_defect, 0))
+        if self.f1 is not None:
+            set_(self, "f1", check_float("f1", self.f1, 0.0, 1.0))
+        need = {"std": ("k", self.k), "fpr": ("target_fpr", self.target_fpr), "f1": ("f1", self.f1)}[self.rule]
+        if need[1] is None:
+            raise InputError(f"rule {self.rule!r} without {need[0]!r}")
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["fpr_interval"] = list(self.fpr_interval)
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "decision") -> "Decision":
+        try:
+            check_dict(where, d)
+            names = {f.name for f in fields(cls)}
+            unknown = sorted(set(d) - names)
+            if unknown:
+                raise InputError(f"unknown field(s) {', '.join(map(repr, unknown))}")
+            return cls(**d)
+        except TypeError as e:          # a required field missing
+            raise InputError(f"{where}: {e}") from None
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Statistics of raw outputs on held-out normal images, and the thresholds derived from them."""
+    """Statistics of raw outputs on held-out normal images, and the thresholds derived from them.
+
+    ``image``/``pixel``: how each threshold was chosen (:class:`Decision`); absent in bundles made
+    before adrt recorded it (their rule is mean + 3·std, stated in ``rule``).
+    """
 
     n_images: int
     score_mean: float
@@ -285,27 +361,40 @@ class Calibration:
     map_threshold: float
     map_scale: float
     rule: str
+    image: Decision | None = None
+    pixel: Decision | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "n_images", check_int("calibration.n_images", self.n_images, 1))
         for f in fields(self):
-            if f.name in ("n_images", "rule"):
+            if f.name in ("n_images", "rule", "image", "pixel"):
                 continue
             positive = f.name.endswith(("_std", "_scale"))
             object.__setattr__(self, f.name, check_float(f"calibration.{f.name}", getattr(self, f.name),
                                                          0.0 if positive else None, lo_open=positive))
         check_str("calibration.rule", self.rule)
+        for name in ("image", "pixel"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, Decision):
+                object.__setattr__(self, name, Decision.from_dict(v, f"calibration.{name}"))
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("image", "pixel"):
+            if d[name] is None:
+                del d[name]
+            else:
+                d[name] = d[name].to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "Calibration":
         check_dict("calibration", d)
-        missing = [f.name for f in fields(cls) if f.name not in d]
+        optional = ("image", "pixel")
+        missing = [f.name for f in fields(cls) if f.name not in d and f.name not in optional]
         if missing:
             raise InputError(f"calibration: lacks {', '.join(map(repr, missing))}")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 # --- manifest entries --------------------------------------------------------------------------

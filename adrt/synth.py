@@ -1,6 +1,7 @@
 """A small procedural dataset in MVTec AD layout, with painted defects and exact masks.
 
-Good images are a regular texture (``weave``: an over/under woven cloth; ``grain``: wavy wood-like
+Good images are a texture (``gravel``: stochastic, pebbles of random size, tone and place, no
+period; the regular ``weave``: an over/under woven cloth; ``grain``: wavy wood-like
 stripes) with per-image random phase, thread/stripe irregularities, slight colour jitter and pixel
 noise, so a detector has to learn the pattern rather than a constant colour. Defects are painted on
 top of a good image:
@@ -26,7 +27,7 @@ from adrt.outputs import SYNTH_MARKER, Kind, staged_folder
 
 __all__ = ["TEXTURES", "DEFECT_TYPES", "make_dataset", "make_image", "paint_defect"]
 
-TEXTURES = ("weave", "grain")
+TEXTURES = ("weave", "grain", "gravel")
 DEFECT_TYPES = ("scratch", "spot")
 
 # Stream ids mixed into the seed so that every image has its own independent generator.
@@ -78,11 +79,33 @@ def _grain(rng: np.random.Generator, size: int) -> np.ndarray:
     return img * (1.0 + streak)[:, :, None]
 
 
-_TEXTURE_FUNCS = {"weave": _weave, "grain": _grain}
+def _gravel(rng: np.random.Generator, size: int) -> np.ndarray:
+    # Pebbles: the Voronoi cells of random seeds (about 12 px apart at any size), each its own tone,
+    # darker towards the gaps between cells; per-pixel grit on top. Nothing repeats, so a detector
+    # cannot learn a period, only the statistics.
+    n = max(4, int(size * size / 140.0))
+    pts = rng.uniform(0.0, size, (n, 2)).astype(np.float32)
+    yy, xx = _grid(size)
+    best = np.full((size, size), np.inf, np.float32)
+    second = np.full((size, size), np.inf, np.float32)
+    owner = np.zeros((size, size), np.int64)
+    for i, (py, px) in enumerate(pts):
+        d = (yy - py) ** 2 + (xx - px) ** 2
+        closer = d < best
+        second = np.where(closer, best, np.minimum(second, d))
+        owner = np.where(closer, i, owner)
+        best = np.where(closer, d, best)
+    gap = np.clip((np.sqrt(second) - np.sqrt(best)) / 3.0, 0.0, 1.0)          # 0 on a cell border
+    tone = rng.uniform(0.55, 1.0, n)[owner] * (0.45 + 0.55 * gap)
+    base = np.array([150.0, 140.0, 125.0]) * (1.0 + rng.normal(0.0, 0.03, 3))
+    return tone[..., None] * base + rng.normal(0.0, 6.0, (size, size, 1))
+
+
+_TEXTURE_FUNCS = {"weave": _weave, "grain": _grain, "gravel": _gravel}
 
 
 def make_image(texture: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One good ``uint8`` size x size x 3 image of ``texture`` (``weave`` or ``grain``)."""
+    """One good ``uint8`` size x size x 3 image of ``texture`` (one of :data:`TEXTURES`)."""
     if texture not in _TEXTURE_FUNCS:
         raise InputError(f"texture={texture!r}: expected one of {', '.join(TEXTURES)}")
     img = _TEXTURE_FUNCS[texture](rng, size)

@@ -187,6 +187,8 @@ def write_bundle(detector: Detector, meta: dict, folder: Path, *, sample_images:
             "score": "float32 N, calibrated: 0.5 is the threshold",
             "raw_map": "float32 N×H×W, uncalibrated",
             "raw_score": "float32 N, uncalibrated",
+            # max: the method's own image score (or the map's maximum); topk:F: mean of the top F of the map
+            "image_score": meta.get("image_score", "max"),
         },
         "threshold": 0.5,
         "calibration": meta["calibration"],

@@ -29,7 +29,7 @@ LAYERS = [
     ("bench", ["adrt.bench", "adrt.cluster"]),
     ("export", ["adrt.export"]),
     ("train", ["adrt.train"]),
-    ("library", ["adrt.data", "adrt.metrics", "adrt.evaluate", "adrt.synth", "adrt.triton"]),
+    ("library", ["adrt.data", "adrt.metrics", "adrt.evaluate", "adrt.synth", "adrt.thresholds", "adrt.triton"]),
     ("runtime", ["adrt.runtime"]),
     ("contract", ["adrt.contract", "adrt.outputs"]),
     ("base", ["adrt", "adrt._version", "adrt.errors", "adrt._checks"]),

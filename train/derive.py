@@ -47,7 +47,8 @@ def derive(run: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLi
                         f"test-time options: {', '.join(allowed)}")
     cfg = replace(det.scorer.cfg, **changes)
     scorer = cls.derive(det.scorer, cfg, det.spec, meta["training"]["seed"])
-    new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma, geometry=det.geometry).eval()
+    new = Detector(scorer.eval(), det.spec, sigma=cfg.sigma, geometry=det.geometry,
+                   image_score=det.image_score).eval()
     return save_derived_run(new, cfg, meta, run, out, changes, data, log, what or f"derived run {changes}",
                             overwrite=overwrite)
 

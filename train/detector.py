@@ -104,6 +104,32 @@ class GaussianBlur(nn.Module):
         return (a_h @ m) @ a_w_t
 
 
+#: TensorRT's TopK layer takes K up to 3840.
+MAX_TOPK = 3840
+
+
+def topk_count(image_score: str, pixels: int) -> int:
+    """Pixels the image score averages: 0 for ``max`` (the method's own image score, or the map's
+    maximum), else k = max(1, round(fraction · pixels)) for ``topk:FRACTION`` (e.g. ``topk:0.01``)."""
+    from adrt.errors import AdrtError
+
+    if image_score == "max":
+        return 0
+    kind, _, frac = str(image_score).partition(":")
+    try:
+        f = float(frac)
+    except ValueError:
+        f = float("nan")
+    if kind != "topk" or not 0.0 < f <= 1.0:
+        raise AdrtError(f"image score {image_score!r}: expected 'max' or 'topk:FRACTION' with 0 < FRACTION <= 1 "
+                        f"(e.g. topk:0.01, the mean of the top 1 % of the map)")
+    k = max(1, int(round(f * pixels)))
+    if k > MAX_TOPK:
+        raise AdrtError(f"image score {image_score!r}: the top {k} of {pixels} pixels; TensorRT's TopK takes at "
+                        f"most {MAX_TOPK}: use a fraction up to {MAX_TOPK / pixels:.3g}")
+    return k
+
+
 class Detector(nn.Module):
     """uint8 ``image`` N×H×W×C → (``anomaly_map`` N×H×W, ``score`` N, ``raw_map``, ``raw_score``).
 
@@ -120,11 +146,14 @@ class Detector(nn.Module):
 
     output_names = OUTPUT_NAMES
 
-    def __init__(self, scorer: nn.Module, spec: InputSpec, sigma: float = 4.0, geometry: Geometry = RESIZE):
+    def __init__(self, scorer: nn.Module, spec: InputSpec, sigma: float = 4.0, geometry: Geometry = RESIZE,
+                 image_score: str = "max"):
         super().__init__()
         self.scorer = scorer
         self.spec = spec
         self.geometry = geometry
+        self.image_score = image_score
+        self.topk = topk_count(image_score, spec.height * spec.width)   # of the (stitched) frame's map
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
         self.tiling = None
@@ -158,13 +187,18 @@ class Detector(nn.Module):
             x = self.tiling.cut(x)
         patch_map, patch_score = self.scorer(x)
         m = self.blur.upsample(patch_map, *self.model_size)
-        score = patch_score if patch_score is not None else m.flatten(1).amax(dim=1)
+        score = patch_score
         if self.tiling is not None:
-            # The frame's score is the maximum of the stitched map, not of the tiles' own scores
+            # The frame's score comes from the stitched map, not from the tiles' own scores
             # (e.g. PatchCore's reweighted maximum): those count each tile's edges at full weight,
             # where the blend discounts them in favour of the neighbouring tile's centre (on the
             # 1 MP synthetic check: image AUROC 0.969 against 0.887, benchmarks/results/tiling_synth.md).
             m = self.tiling.stitch(m)
+            score = None
+        if self.topk:
+            # Mean of the k largest map values: one hot pixel (e.g. at the border) cannot decide alone.
+            score = m.flatten(1).topk(self.topk, dim=1).values.mean(dim=1)
+        elif score is None:
             score = m.flatten(1).amax(dim=1)
         return m, score
 
@@ -190,33 +224,65 @@ def run_raw(detector: Detector, images, batch_size: int = 8):
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0) -> Calibration:
-    """Set thresholds from held-out normal images: threshold = mean + k·std of the normal values,
-    scale = std (so the normalised output crosses 0.5 at the threshold)."""
+def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0, *,
+              options=None, defects=None) -> Calibration:
+    """Set thresholds from held-out normal images; scale = std of the normal values, so the
+    normalised output ``sigmoid((raw - threshold) / std)`` crosses 0.5 at the threshold.
+
+    ``options`` (adrt.thresholds.CalibrationOptions) picks the rule: mean + k·std (the default,
+    k = ``k_score`` for scores and ``k_map`` for maps), a target false-positive rate, or F1-optimal
+    on ``defects`` = (uint8 N×H×W×3 defect images, bool N×H×W masks or None). How each threshold
+    was chosen and its expected FPR go into the record (``image``, ``pixel``)."""
     import numpy as np
+
+    from adrt.thresholds import CalibrationOptions, image_threshold, pixel_threshold
 
     detector.eval()
     maps, scores = run_raw(detector, normal_images)
-    if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
-        from adrt.errors import AdrtError
-
-        bad = np.flatnonzero(~(np.isfinite(scores) & np.isfinite(maps).reshape(len(maps), -1).all(1)))
-        raise AdrtError(f"calibration: the detector produced NaN/Inf on held-out normal image(s) {bad.tolist()}; "
-                        "no threshold can be set (check the method's options, e.g. a step size)")
+    _check_finite(maps, scores, "held-out normal image(s)")
+    d_maps = d_scores = d_masks = None
+    if defects is not None:
+        d_maps, d_scores = run_raw(detector, defects[0])
+        _check_finite(d_maps, d_scores, "defect image(s)")
+        d_masks = defects[1]
+    if options is None:
+        img_opts, px_opts = CalibrationOptions("std", k=k_score), CalibrationOptions("std", k=k_map)
+    else:
+        img_opts = px_opts = options
     s_mean, s_std = float(scores.mean()), float(scores.std())
     m_mean, m_std = float(maps.mean()), float(maps.std())
     s_std = max(s_std, 1e-6 * max(abs(s_mean), 1.0))
     m_std = max(m_std, 1e-6 * max(abs(m_mean), 1.0))
+    s_thr, image = image_threshold(scores, img_opts, d_scores)
+    m_thr, pixel = pixel_threshold(maps, px_opts, d_maps, d_masks)
     cal = Calibration(
         n_images=len(normal_images), score_mean=s_mean, score_std=s_std, score_max=float(scores.max()),
-        score_threshold=s_mean + k_score * s_std, score_scale=s_std,
+        score_threshold=s_thr, score_scale=s_std,
         map_mean=m_mean, map_std=m_std, map_q999=float(np.quantile(maps, 0.999)),
-        map_threshold=m_mean + k_map * m_std, map_scale=m_std,
-        rule=f"threshold = mean + k*std of held-out normal raw values (k_score={k_score}, k_map={k_map}); "
+        map_threshold=m_thr, map_scale=m_std,
+        rule=f"threshold: image {_rule_text(image)}, pixel {_rule_text(pixel)} of held-out normal raw values; "
              "normalised = sigmoid((raw - threshold) / std)",
+        image=image, pixel=pixel,
     )
     apply_calibration(detector, cal)
     return cal
+
+
+def _rule_text(d) -> str:
+    if d.rule == "std":
+        return f"mean + {d.k:g}*std"
+    return f"FPR {d.target_fpr:g}" if d.rule == "fpr" else f"F1-optimal ({d.n_defect} defect images)"
+
+
+def _check_finite(maps, scores, what: str) -> None:
+    import numpy as np
+
+    if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
+        from adrt.errors import AdrtError
+
+        bad = np.flatnonzero(~(np.isfinite(scores) & np.isfinite(maps).reshape(len(maps), -1).all(1)))
+        raise AdrtError(f"calibration: the detector produced NaN/Inf on {what} {bad.tolist()}; "
+                        "no threshold can be set (check the method's options, e.g. a step size)")
 
 
 def apply_calibration(detector: Detector, cal: Calibration) -> None:

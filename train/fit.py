@@ -18,12 +18,13 @@ import torch
 
 from adrt._version import __version__
 from adrt.contract import RESIZE, Geometry
-from adrt.data import Dataset, load_images, split_holdout
-from adrt.errors import AdrtError, InputError
+from adrt.data import Dataset, load_images, load_masks, split_holdout
+from adrt.errors import AdrtError, DataError, InputError
 from adrt.outputs import Kind, check_output, staged_folder
 from adrt.runtime.geometry import cut_tiles
 from adrt.runtime.limits import check_threads
-from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate
+from adrt.train.detector import Calibration, Detector, InputSpec, apply_calibration, calibrate, topk_count
+from adrt.thresholds import CalibrationOptions
 from adrt.train.registry import get_method
 from adrt.train.trainer import resize_buffers
 
@@ -142,7 +143,9 @@ def load_frames(paths, det: Detector) -> np.ndarray:
 def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
           seed: int = 0, holdout: float = 0.1, min_holdout: int = 4, options: dict | None = None,
           threads: int | None = None, log=_log, overwrite: bool = False,
-          geometry: Geometry = RESIZE, input_size: tuple[int, int] | None = None) -> Path:
+          geometry: Geometry = RESIZE, input_size: tuple[int, int] | None = None,
+          calibration: CalibrationOptions | None = None, defects: str | os.PathLike | None = None,
+          image_score: str = "max") -> Path:
     """Fit ``method`` on the normal images of ``data`` and write a run folder to ``out``.
 
     The model's input is ``size``×``size`` (or ``input_size`` = (height, width)); ``geometry``
@@ -150,19 +153,26 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     to the frame size ``input_size`` and cut into tiles of the geometry's size, on which the method
     fits (read frame by frame for methods that stream their features: PatchCore, PaDiM).
     A fraction ``holdout`` of the normal training images (at least ``min_holdout``) is kept out
-    of fitting and used to calibrate the threshold (on whole frames). Returns the run folder. An
-    existing run folder at ``out`` is replaced only with ``overwrite``; anything else there is
-    refused before training starts (adrt.outputs).
+    of fitting and used to calibrate the thresholds (on whole frames) by ``calibration`` (default:
+    mean + 3·std; see adrt.thresholds); ``defects``: labelled defect images for the f1 rule (see
+    :func:`load_defects`). ``image_score``: ``max`` (the method's own image score, else the map's
+    maximum) or ``topk:FRACTION`` (the mean of that top fraction of the smoothed frame map; see
+    adrt.train.detector.topk_count). Returns the run folder. An existing run folder at ``out`` is
+    replaced only with ``overwrite``; anything else there is refused before training starts
+    (adrt.outputs).
     """
     cfg = make_config(method, options)
     threads = check_threads(threads)
     spec = input_spec(size, input_size, geometry)     # the size is checked before anything else
+    topk_count(image_score, spec.height * spec.width)
+    calibration = _check_calibration(calibration, defects, data)
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[data])
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     ds = Dataset.open(data)
     fit_paths, hold_paths = split_holdout(ds.train, holdout, min_holdout, seed)
+    defect_data = load_defects(defects, spec, geometry) if defects is not None else None
     t0 = time.perf_counter()
     shape = f"{spec.height}x{spec.width}"
     if geometry.tiled:
@@ -176,10 +186,11 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     fit_imgs = training_images(fit_paths, spec, geometry, getattr(cls, "streams_images", False))
     probe = Detector(torch.nn.Identity(), spec)
     scorer = cls.fit(cfg, fit_imgs, probe.preprocess, seed=seed, log=log)
-    det = Detector(scorer, spec, sigma=cfg.sigma, geometry=geometry).eval()
-    cal = calibrate(det, load_frames(hold_paths, det))
+    det = Detector(scorer, spec, sigma=cfg.sigma, geometry=geometry, image_score=image_score).eval()
+    cal = calibrate(det, load_frames(hold_paths, det), options=calibration, defects=defect_data)
     seconds = time.perf_counter() - t0
     log(f"  trained in {seconds:.1f} s; image threshold {cal.score_threshold:.4g} (raw)")
+    _log_calibration(cal, log)
     meta = {
         "checkpoint_version": CHECKPOINT_VERSION,
         "adrt_version": __version__,
@@ -187,11 +198,13 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
         "config": asdict(cfg),
         "input": spec.to_dict(),
         "geometry": geometry.to_dict(),
+        "image_score": image_score,
         "calibration": cal.to_dict(),
         "training": {
             "data": str(Path(data).resolve()), "dataset": ds.name, "n_fit": len(fit_paths),
             "n_holdout": len(hold_paths), "seed": seed, "seconds": round(seconds, 2),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            **getattr(scorer, "fit_record", {}),
         },
     }
     return save_run(det, meta, out, overwrite=overwrite, inputs=[data])
@@ -230,16 +243,10 @@ def save_derived_run(new: Detector, cfg, meta: dict, run, out, changed: dict, da
 def recalibrated(new: Detector, meta: dict, data=None, log=lambda *a, **k: None, what: str = "derived run") -> dict:
     """Calibrate ``new`` on the held-out images of the run ``meta`` describes (found again from the
     recorded seed and counts; ``data`` defaults to the recorded dataset) and return a copy of
-    ``meta`` with the new calibration, input and geometry."""
+    ``meta`` with the new calibration, input and geometry (the calibration rule is the run's)."""
     import copy
 
-    tr = meta["training"]
-    ds = Dataset.open(data if data is not None else tr["data"])
-    n_total = len(ds.train)
-    if n_total != tr["n_fit"] + tr["n_holdout"]:
-        raise AdrtError(f"{ds.root}: {n_total} training images, the run was trained on "
-                        f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
-    _, hold = split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])
+    hold = _holdout_paths(meta, data)
     log(f"{what}: recalibrating on {len(hold)} held-out images")
     cal = calibrate(new, load_frames(hold, new))
     meta = copy.deepcopy(meta)
@@ -264,9 +271,85 @@ def with_geometry(det: Detector, meta: dict, geometry: Geometry, input_size: tup
     if (spec, geometry) == (det.spec, det.geometry):
         return det, meta
     spec = InputSpec(spec.height, spec.width, det.spec.channels, det.spec.mean, det.spec.std)
-    new = Detector(det.scorer, spec, sigma=det.blur.sigma, geometry=geometry).eval()
+    new = Detector(det.scorer, spec, sigma=det.blur.sigma, geometry=geometry, image_score=det.image_score).eval()
     meta = recalibrated(new, meta, data, log, f"geometry {geometry.mode} {spec.height}x{spec.width}")
     return new, meta
+
+
+def _holdout_paths(meta: dict, data=None) -> list:
+    """A run's held-out images, found again from the recorded seed and counts (the split depends
+    only on the seed and the file names); ``data`` defaults to the recorded dataset."""
+    tr = meta["training"]
+    ds = Dataset.open(data if data is not None else tr["data"])
+    n_total = len(ds.train)
+    if n_total != tr["n_fit"] + tr["n_holdout"]:
+        raise AdrtError(f"{ds.root}: {n_total} training images, the run was trained on "
+                        f"{tr['n_fit']} + {tr['n_holdout']} held out; pass the run's dataset")
+    return split_holdout(ds.train, tr["n_holdout"] / n_total, 0, tr["seed"])[1]
+
+
+def recalibrate(run, out, calibration: CalibrationOptions | None = None, *, defects=None, data=None, log=_log,
+                overwrite: bool = False, image_score: str | None = None) -> Path:
+    """Write run folder ``out``: run ``run`` with its thresholds chosen again by ``calibration``
+    (default: the std rule) on its own held-out images, no refitting; ``defects`` as for
+    :func:`train`. ``image_score``: also change the image score (``max``, ``topk:FRACTION``)."""
+    import copy
+
+    det, meta = load_run(run)
+    if image_score is not None:
+        det = Detector(det.scorer, det.spec, sigma=det.blur.sigma, geometry=det.geometry,
+                       image_score=image_score).eval()
+        meta["image_score"] = image_score
+    calibration = _check_calibration(calibration, defects, data if data is not None else meta["training"]["data"])
+    check_output(out, Kind.RUN, overwrite=overwrite, inputs=[run])
+    hold = _holdout_paths(meta, data)
+    defect_data = load_defects(defects, det.spec, det.geometry) if defects is not None else None
+    cal = calibrate(det, load_frames(hold, det), options=calibration, defects=defect_data)
+    _log_calibration(cal, log)
+    meta = copy.deepcopy(meta)
+    meta["calibration"] = cal.to_dict()
+    meta["training"]["derived_from"] = {"run": str(Path(run).resolve()),
+                                        "changed": {"calibration": cal.rule, "image_score": meta.get("image_score", "max")}}
+    return save_run(det, meta, out, overwrite=overwrite, inputs=[run])
+
+
+def _check_calibration(calibration, defects, data) -> CalibrationOptions:
+    calibration = CalibrationOptions() if calibration is None else calibration
+    if not isinstance(calibration, CalibrationOptions):
+        raise InputError(f"calibration={calibration!r}: expected an adrt.thresholds.CalibrationOptions")
+    if (calibration.rule == "f1") != (defects is not None):
+        raise InputError("the f1 calibration needs labelled defect images (--defects DIR), and defect images are "
+                         "used only by it (--calibration f1)")
+    if defects is not None and Path(defects).resolve() == Path(data).resolve():
+        raise InputError(f"--defects {defects} is the training dataset: its test images would then set the "
+                         f"threshold they are evaluated at; pass a separate folder of labelled defect images")
+    return calibration
+
+
+def load_defects(folder, spec: InputSpec, geometry: Geometry = RESIZE):
+    """Labelled defect images for the f1 calibration, at the input size ``spec`` by ``geometry``:
+    (uint8 N×H×W×3, bool masks N×H×W or None).
+
+    ``folder``: an MVTec-style folder (its ``test/<type>/`` defect images, with their
+    ``ground_truth`` masks when every one has a mask), or a plain folder of defect images (no masks:
+    the pixel threshold is then chosen at the pixel FPR)."""
+    ds = Dataset.open(folder)
+    if ds.is_mvtec:
+        samples = [t for t in ds.test if t.label == 1]
+        if not samples:
+            raise DataError(f"{folder}: no defect images in test/<type>/ (expected labelled defect images)")
+        h, w = spec.height, spec.width
+        return load_images([t.path for t in samples], h, w, geometry), load_masks(samples, h, w, geometry)
+    return load_images(ds.train, spec.height, spec.width, geometry), None
+
+
+def _log_calibration(cal: Calibration, log) -> None:
+    from adrt.thresholds import describe
+
+    for what in ("image", "pixel"):
+        d = getattr(cal, what)
+        if d is not None:
+            log(f"  {describe(d, what)}")
 
 
 def load_run(run) -> tuple[Detector, dict]:
@@ -292,7 +375,11 @@ def load_run(run) -> tuple[Detector, dict]:
         cal = Calibration.from_dict(meta["calibration"])
     except (KeyError, TypeError, InputError) as e:
         raise AdrtError(f"{meta_path}: not a valid run record ({type(e).__name__}: {e})") from None
-    det = Detector(cls.build(cfg), spec, sigma=cfg.sigma, geometry=geometry)
+    image_score = meta.get("image_score", "max")          # runs from before the option: max
+    try:
+        det = Detector(cls.build(cfg), spec, sigma=cfg.sigma, geometry=geometry, image_score=image_score)
+    except AdrtError as e:
+        raise AdrtError(f"{meta_path}: {e}") from None
     state = torch.load(w_path, map_location="cpu", weights_only=True)
     resize_buffers(det, state)
     det.load_state_dict(state)

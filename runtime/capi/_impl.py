@@ -92,6 +92,7 @@ def bind(ffi, lib, built_for: str) -> None:
     """
     from adrt._version import __version__
     from adrt.runtime import backend_names, load
+    from adrt.runtime.session import check_threshold
     from adrt.runtime.limits import check_threads, max_threads
 
     if __version__ != built_for:
@@ -162,42 +163,64 @@ def bind(ffi, lib, built_for: str) -> None:
         finally:
             table.release(entry)
 
-    @guarded
-    def threshold(handle, threshold_p):
-        entry = table.acquire(handle, "adrt_threshold")
+    def _read(handle, name: str, out_p) -> None:
+        entry = table.acquire(handle, "adrt_" + name)
         try:
-            threshold_p[0] = entry.session.threshold
+            out_p[0] = getattr(entry.session, name)
         finally:
             table.release(entry)
 
     @guarded
-    def run(handle, images, images_len, n, height, width, channels, maps, maps_len, scores, scores_len):
+    def threshold(handle, threshold_p):
+        _read(handle, "threshold", threshold_p)
+
+    @guarded
+    def pixel_threshold(handle, pixel_threshold_p):
+        _read(handle, "pixel_threshold", pixel_threshold_p)
+
+    @guarded
+    def set_thresholds(handle, threshold, pixel_threshold):
+        entry = table.acquire(handle, "adrt_set_thresholds")
+        try:
+            try:
+                check_threshold("threshold", float(threshold))
+                check_threshold("pixel_threshold", float(pixel_threshold))
+            except InputError as e:
+                raise _Failure(E_ARGUMENT, f"adrt_set_thresholds: {e} (the calibrated scale; 0.5 is the "
+                                           f"bundle's threshold)") from None
+            entry.session.set_threshold(float(threshold), float(pixel_threshold))
+        finally:
+            table.release(entry)
+
+    def _run(fn, handle, images, images_len, n, height, width, channels, outs):
+        """Run the images; ``outs``: (name, pointer, length, per) with per = "image" or "pixel"."""
         shape = (n, height, width, channels)
         if min(shape) < 1:
-            raise _Failure(E_ARGUMENT, f"adrt_run: n, height, width, channels = {n}, {height}, {width}, "
+            raise _Failure(E_ARGUMENT, f"{fn}: n, height, width, channels = {n}, {height}, {width}, "
                                        f"{channels}; expected all ≥ 1")
         need = n * height * width * channels
         if images_len != need:
-            raise _Failure(E_BUFFER, f"adrt_run: images_len = {images_len}; expected n*height*width*channels "
+            raise _Failure(E_BUFFER, f"{fn}: images_len = {images_len}; expected n*height*width*channels "
                                      f"= {n}*{height}*{width}*{channels} = {need}")
-        entry = table.acquire(handle, "adrt_run")
+        entry = table.acquire(handle, fn)
         try:
             s = entry.session
             # A view of the caller's bytes, not a copy; the runtime checks it against the bundle.
             batch = np.frombuffer(ffi.buffer(images, need), dtype=np.uint8).reshape(shape)
             batch.flags.writeable = False
             s.check_batch(batch)
-            need_maps = n * s.height * s.width
-            if maps != ffi.NULL and maps_len < need_maps:
-                raise _Failure(E_BUFFER, f"adrt_run: maps_len = {maps_len}; expected at least n*H*W = "
-                                         f"{n}*{s.height}*{s.width} = {need_maps} floats")
-            if scores_len < n:
-                raise _Failure(E_BUFFER, f"adrt_run: scores_len = {scores_len}; expected at least n = {n}")
+            sizes = {"image": (n, "n"), "pixel": (n * s.height * s.width, f"n*H*W = {n}*{s.height}*{s.width}")}
+            for name, ptr, length, per, unit in outs:
+                want, how = sizes[per]
+                if ptr != ffi.NULL and length < want:
+                    raise _Failure(E_BUFFER, f"{fn}: {name}_len = {length}; expected at least {how} = {want} {unit}")
             r = s.run(batch)
             # The one copy: the runtime's output arrays into the caller's buffers.
-            ffi.memmove(scores, np.ascontiguousarray(r.scores, dtype=np.float32), 4 * n)
-            if maps != ffi.NULL:
-                ffi.memmove(maps, np.ascontiguousarray(r.maps, dtype=np.float32), 4 * need_maps)
+            for name, ptr, _, per, unit in outs:
+                if ptr != ffi.NULL:
+                    a = getattr(r, name)
+                    a = np.ascontiguousarray(a, dtype=np.uint8 if unit == "bytes" else np.float32)
+                    ffi.memmove(ptr, a, a.nbytes)
         finally:
             table.release(entry)
 
@@ -221,6 +244,20 @@ def bind(ffi, lib, built_for: str) -> None:
             ffi.memmove(out, np.ascontiguousarray(s.prepare(src)), need_out)
         finally:
             table.release(entry)
+
+    @guarded
+    def run(handle, images, images_len, n, height, width, channels, maps, maps_len, scores, scores_len):
+        _run("adrt_run", handle, images, images_len, n, height, width, channels,
+             [("maps", maps, maps_len, "pixel", "floats"), ("scores", scores, scores_len, "image", "floats")])
+
+    @guarded
+    def run_outputs(handle, images, images_len, n, height, width, channels, maps, maps_len, scores, scores_len,
+                    raw_maps, raw_maps_len, raw_scores, raw_scores_len, labels, labels_len, masks, masks_len):
+        _run("adrt_run_outputs", handle, images, images_len, n, height, width, channels,
+             [("maps", maps, maps_len, "pixel", "floats"), ("scores", scores, scores_len, "image", "floats"),
+              ("raw_maps", raw_maps, raw_maps_len, "pixel", "floats"),
+              ("raw_scores", raw_scores, raw_scores_len, "image", "floats"),
+              ("labels", labels, labels_len, "image", "bytes"), ("masks", masks, masks_len, "pixel", "bytes")])
 
     @guarded
     def close(handle):

@@ -183,3 +183,24 @@ def test_default_run_detects_synthetic_defects(runs, synth_data):
     assert image_auroc(labels, raw_score.numpy()) > 0.9
     assert pixel_auroc(masks, raw_map.numpy()) > 0.8
     assert 0 <= float(amap.min()) and float(amap.max()) <= 1
+
+
+def test_nearly_equal_quantiles_stop_training_with_a_clear_error(synth_data, monkeypatch):
+    """The 640-px case: quantiles 0.74087 / 0.74106 (spread 2.6e-4 of their size) would divide
+    noise up ~4 000×; training must stop, not write that map."""
+    from adrt.train.efficientad import EfficientAD
+    from adrt.train.efficientad.model import EfficientADScorer
+    from adrt.train.options import check_spread
+
+    check_spread("m", "x", 0.016, 0.10, "q")                 # an ordinary spread passes
+    with pytest.raises(AdrtError, match="spread of 0.00026 of their size"):
+        check_spread("m", "x", 0.74087, 0.74106, "q")
+    real = EfficientADScorer.raw_maps
+
+    def nearly_constant(self, x):
+        st, ae = real(self, x)
+        return 0.74 + 1e-6 * st, ae
+    monkeypatch.setattr(EfficientADScorer, "raw_maps", nearly_constant)
+    with pytest.raises(AdrtError, match=r"efficientad: the student-teacher map normalisation degenerates: its "
+                                        r"q_a = 0.9 and q_b = 0.995 quantiles on \d+ validation images are 0.74"):
+        EfficientAD.fit(tiny_cfg(), synth_images(synth_data, 12), preprocess, log=quiet)

@@ -11,7 +11,7 @@ class PatchCore(MethodBase):
 
     Config = PatchCoreConfig
     # Options a run saved before they existed was trained without (read by load_run).
-    absent = {"embed_dim": 0}
+    absent = {"embed_dim": 0, "border": "zero"}
     streams_images = True        # fit reads its images batch by batch (adrt.train.fit.FrameTiles)
 
     @staticmethod
@@ -25,18 +25,30 @@ class PatchCore(MethodBase):
         # subsample of coreset_max_patches (each greedy step costs one pass over all candidates),
         # drawn while the features stream in, so only the subsample is ever held (bounded memory
         # whatever the number of images or tiles).
-        flat, n_all = sample_patches(scorer.features, preprocess, images, cfg.coreset_max_patches, seed=seed,
+        # Never fewer candidates than a capped bank keeps (without a cap, the bank is at most the sample).
+        keep = cfg.coreset_max_patches and max(cfg.coreset_max_patches, cfg.coreset_cap)
+        flat, n_all = sample_patches(scorer.features, preprocess, images, keep, seed=seed,
                                      progress=lambda i, n: log(f"  features {i}/{n}", end="\r"))
         log("")
+        # The bank size follows from ALL training patches (the option's meaning), then the cap.
+        n_keep = max(cfg.num_neighbors, int(round(cfg.coreset_ratio * n_all)))
+        capped = bool(cfg.coreset_cap) and n_keep > cfg.coreset_cap
+        if capped:
+            n_keep = max(cfg.num_neighbors, cfg.coreset_cap)
         if flat.shape[0] < n_all:
             log(f"  {n_all} patches, coreset searched on a random {flat.shape[0]}")
         scorer.set_projection(flat)
         flat = scorer.project(flat).contiguous()
-        n_keep = max(cfg.num_neighbors, int(round(cfg.coreset_ratio * flat.shape[0])))
+        n_keep = min(n_keep, flat.shape[0])
         idx = greedy_coreset(flat, n_keep, cfg.projection_dim, seed=seed,
                              progress=lambda i, n: log(f"  coreset {i}/{n}", end="\r"))
         log("")
         scorer.set_bank(flat[idx])
         reduced = f" (principal axes of {scorer.features.channels})" if scorer.proj is not None else ""
-        log(f"  memory bank {scorer.bank_size}×{flat.shape[1]}{reduced} from {n_all} patches")
+        log(f"  memory bank {scorer.bank_size}×{flat.shape[1]}{reduced} from {n_all} patches "
+            f"({100 * scorer.bank_size / n_all:.3g} % of them" + (f", capped by coreset_cap={cfg.coreset_cap})" if capped else ")"))
+        # Recorded in the run (training.bank) and the bundle's manifest: what the bank really holds.
+        scorer.fit_record = {"bank": {"patches": n_all, "candidates": int(flat.shape[0]), "size": scorer.bank_size,
+                                      "fraction_of_patches": scorer.bank_size / n_all, "coreset_ratio": cfg.coreset_ratio,
+                                      "capped": capped}}
         return scorer
