@@ -45,8 +45,8 @@ def test_reflect_border_moves_the_maxima_off_the_border(gravel, tmp_path):
 def test_border_option_is_checked_and_old_runs_keep_zero():
     from adrt.errors import AdrtError
     from adrt.train.fit import make_config
-    from adrt.train.patchcore.model import PatchCoreConfig
+    from adrt.train.patchcore import PatchCore
 
     with pytest.raises(AdrtError, match="border='mirror': expected one of zero, reflect_local, reflect"):
         make_config("patchcore", {"border": "mirror"})
-    assert PatchCoreConfig.absent["border"] == "zero"        # a run saved before the option loads as trained
+    assert PatchCore.absent["border"] == "zero"        # a run saved before the option loads as trained

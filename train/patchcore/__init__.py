@@ -1,6 +1,8 @@
 """PatchCore: memory bank of locally aware patch features, nearest-neighbour scoring."""
 from __future__ import annotations
 
+import torch
+
 from adrt.train.features import sample_patches
 from adrt.train.patchcore.model import PatchCoreConfig, PatchCoreScorer, greedy_coreset
 from adrt.train.registry import MethodBase
@@ -24,17 +26,21 @@ class PatchCore(MethodBase):
         # Deviation from the paper for CPU training: greedy selection runs on a uniform random
         # subsample of coreset_max_patches (each greedy step costs one pass over all candidates),
         # drawn while the features stream in, so only the subsample is ever held (bounded memory
-        # whatever the number of images or tiles).
-        # Never fewer candidates than a capped bank keeps (without a cap, the bank is at most the sample).
-        keep = cfg.coreset_max_patches and max(cfg.coreset_max_patches, cfg.coreset_cap)
-        flat, n_all = sample_patches(scorer.features, preprocess, images, keep, seed=seed,
-                                     progress=lambda i, n: log(f"  features {i}/{n}", end="\r"))
-        log("")
-        # The bank size follows from ALL training patches (the option's meaning), then the cap.
-        n_keep = max(cfg.num_neighbors, int(round(cfg.coreset_ratio * n_all)))
+        # whatever the number of images or tiles). The bank size follows from ALL training patches
+        # (the option's meaning), then the cap; the patch count is known before streaming (every
+        # image gives the same feature grid), so the sample never holds fewer candidates than the
+        # bank keeps.
+        with torch.no_grad():
+            grid = scorer.features(preprocess(torch.from_numpy(images[:1]))).shape[-2:]
+        n_patches = len(images) * grid[0] * grid[1]
+        n_keep = max(cfg.num_neighbors, int(round(cfg.coreset_ratio * n_patches)))
         capped = bool(cfg.coreset_cap) and n_keep > cfg.coreset_cap
         if capped:
             n_keep = max(cfg.num_neighbors, cfg.coreset_cap)
+        keep = cfg.coreset_max_patches and max(cfg.coreset_max_patches, n_keep)
+        flat, n_all = sample_patches(scorer.features, preprocess, images, keep, seed=seed,
+                                     progress=lambda i, n: log(f"  features {i}/{n}", end="\r"))
+        log("")
         if flat.shape[0] < n_all:
             log(f"  {n_all} patches, coreset searched on a random {flat.shape[0]}")
         scorer.set_projection(flat)
