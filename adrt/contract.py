@@ -116,7 +116,10 @@ class InputSpec:
         check_dict("input", d)
         fixed = {"dtype": DTYPES, "layout": LAYOUTS, "batch": BATCH} if manifest else {}
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - set(fixed))
+        # A letterbox bundle also names its geometry here (checked against the manifest's geometry
+        # record): an adrt that predates geometries refuses such a manifest's input as an unknown
+        # field instead of silently squashing the frames.
+        unknown = sorted(set(d) - names - set(fixed) - ({"geometry"} if manifest else set()))
         if unknown:
             raise InputError(f"input: unknown field(s) {', '.join(map(repr, unknown))}; this adrt implements "
                              f"{', '.join(sorted(names | set(fixed)))}")
@@ -127,12 +130,224 @@ class InputSpec:
         for key in ("height", "width"):
             if key not in d:
                 raise InputError(f"input: lacks {key!r}")
+        if "geometry" in d:
+            check_choice("input.geometry", d["geometry"], ("letterbox",))
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+#: Input geometries (the manifest's ``geometry.mode``): how a camera frame becomes the model's input.
+GEOMETRY_MODES = ("resize", "letterbox", "tile")
+BLENDS = ("linear",)
+MIN_TILE = 32             # a tile smaller than this has no room for a backbone's receptive field
+MAX_TILES = 1024          # tiles per frame: beyond this the fused graph is unreasonably large
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the tiles along one axis of ``size`` pixels: every ``tile - overlap``
+    pixels from 0, the last tile aligned with the far edge (so it may overlap its neighbour by
+    more than ``overlap``). One tile when ``size == tile``."""
+    stride = tile - overlap
+    n = max(1, -(-(size - tile) // stride) + 1)
+    return [min(i * stride, size - tile) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a frame becomes the model's input (the manifest's ``geometry`` record).
+
+    * ``resize``: the runtime resizes any frame to the input size (bilinear; today's rule).
+    * ``letterbox``: the runtime scales the frame to fit the input size keeping its aspect ratio
+      (bilinear), centred, and fills the rest with ``pad_value`` (one uint8 per RGB channel).
+    * ``tile``: the graph takes the full frame (input height × width, fixed at export), cuts it into
+      ``tile`` = (height, width) tiles at the offsets :func:`tile_starts` gives for ``overlap``, runs
+      them as one batch and stitches the map in the graph, overlaps blended by ``blend`` (linear
+      ramps across each overlap, normalised to sum to 1 at every pixel). The image score is the
+      maximum of the stitched map.
+    """
+
+    mode: str = "resize"
+    pad_value: tuple[int, int, int] | None = None
+    tile: tuple[int, int] | None = None
+    overlap: int | None = None
+    blend: str | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        check_choice("geometry.mode", self.mode, GEOMETRY_MODES)
+        own = {"resize": (), "letterbox": ("pad_value",), "tile": ("tile", "overlap", "blend")}[self.mode]
+        for name in ("pad_value", "tile", "overlap", "blend"):
+            if name not in own and getattr(self, name) is not None:
+                raise InputError(f"geometry.{name}={_show(getattr(self, name))}: not a field of mode "
+                                 f"{self.mode!r} (it has: {', '.join(own) or 'no other field'})")
+        if self.mode == "letterbox":
+            v = (0, 0, 0) if self.pad_value is None else self.pad_value
+            if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 3:
+                raise InputError(f"geometry.pad_value={_show(v)}: expected 3 integers 0..255 (one per RGB channel)")
+            set_(self, "pad_value", tuple(check_int(f"geometry.pad_value[{i}]", x, 0, 255) for i, x in enumerate(v)))
+        if self.mode == "tile":
+            t = self.tile
+            if isinstance(t, (str, bytes)) or not hasattr(t, "__len__") or len(t) != 2:
+                raise InputError(f"geometry.tile={_show(t)}: expected [height, width] of a tile in pixels")
+            t = tuple(check_int(f"geometry.tile[{i}]", x, MIN_TILE, MAX_SIDE) for i, x in enumerate(t))
+            set_(self, "tile", t)
+            o = check_int("geometry.overlap", 0 if self.overlap is None else self.overlap, 0)
+            if 2 * o > min(t):
+                raise InputError(f"geometry.overlap={o}: expected at most half the tile's side ({min(t) // 2}), "
+                                 f"so that each overlap's ramps stay inside one tile")
+            set_(self, "overlap", o)
+            set_(self, "blend", check_choice("geometry.blend", self.blend or BLENDS[0], BLENDS))
+
+    @property
+    def tiled(self) -> bool:
+        return self.mode == "tile"
+
+    def grid(self, height: int, width: int) -> tuple[list[int], list[int]]:
+        """Tile start offsets (rows, columns) for a ``height`` × ``width`` frame."""
+        return tile_starts(height, self.tile[0], self.overlap), tile_starts(width, self.tile[1], self.overlap)
+
+    def check_frame(self, height: int, width: int) -> None:
+        """A tiled geometry's frame: at least one tile, at most MAX_TILES tiles."""
+        if not self.tiled:
+            return
+        th, tw = self.tile
+        if height < th or width < tw:
+            raise InputError(f"geometry.tile={list(self.tile)}: larger than the input {height}×{width}; expected "
+                             f"tiles no larger than the frame")
+        ys, xs = self.grid(height, width)
+        if len(ys) * len(xs) > MAX_TILES:
+            raise InputError(f"geometry: {len(ys)}×{len(xs)} tiles of {th}×{tw} over {height}×{width}; expected at "
+                             f"most {MAX_TILES} (use larger tiles or a smaller overlap)")
+
+    def input_fields(self) -> dict:
+        """What this geometry adds to the manifest's ``input`` record (a letterbox names itself
+        there, so that an adrt without geometries refuses the bundle rather than squash frames)."""
+        return {"geometry": "letterbox"} if self.mode == "letterbox" else {}
+
+    def to_dict(self) -> dict:
+        out = {"mode": self.mode}
+        if self.mode == "letterbox":
+            out.update(pad_value=list(self.pad_value), align="center")
+        if self.mode == "tile":
+            out.update(tile=list(self.tile), overlap=self.overlap, blend=self.blend)
+        return out
+
+    def to_manifest(self, height: int, width: int) -> dict:
+        """The record with what follows from the frame size, for people reading it (tile offsets)."""
+        out = self.to_dict()
+        if self.tiled:
+            ys, xs = self.grid(height, width)
+            out["grid"] = {"rows": ys, "columns": xs, "tiles": len(ys) * len(xs)}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, height: int | None = None, width: int | None = None) -> "Geometry":
+        """From a ``geometry`` record; with the frame's ``height``/``width`` the tiling is checked
+        against it (and a recorded ``grid`` against the rule). Unknown fields are refused."""
+        check_dict("geometry", d)
+        if "mode" not in d:
+            raise InputError(f"geometry: lacks 'mode' (expected one of {', '.join(GEOMETRY_MODES)})")
+        known = {"mode", "pad_value", "align", "tile", "overlap", "blend", "grid"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"geometry: unknown field(s) {', '.join(map(repr, unknown))}; this adrt implements "
+                             f"{', '.join(sorted(known))}")
+        if "align" in d:
+            if d.get("mode") != "letterbox":
+                raise InputError(f"geometry.align: only a letterbox geometry has it (mode {_show(d.get('mode'))})")
+            check_choice("geometry.align", d["align"], ("center",))
+        g = cls(**{k: d[k] for k in ("mode", "pad_value", "tile", "overlap", "blend") if k in d})
+        if "grid" in d and not g.tiled:
+            raise InputError(f"geometry.grid: only a tile geometry has it (mode {g.mode!r})")
+        if height is not None:
+            g.check_frame(height, width)
+            if "grid" in d and d["grid"] != g.to_manifest(height, width)["grid"]:
+                raise InputError(f"geometry.grid={_show(d['grid'])}: does not follow from the tile, overlap and "
+                                 f"the input {height}×{width} (expected {g.to_manifest(height, width)['grid']})")
+        return g
+
+
+RESIZE = Geometry()
+DECISION_RULES = ("std", "fpr", "f1")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How one threshold (image score or map pixel) was chosen and what it is expected to do
+    (``calibration.image`` / ``calibration.pixel``; adrt.thresholds writes them).
+
+    ``rule``: std (mean + ``k``·std), fpr (``target_fpr``) or f1 (``n_defect`` labelled defect
+    images, ``f1`` reached). ``holdout_fpr``: the fraction of held-out normal images (pixels) at or
+    above the threshold; ``fpr_interval``: the ``confidence`` interval of the FPR on new normal
+    images, computed as ``interval`` says. ``attainable``: False when ``target_fpr`` needs more
+    held-out images than there were.
+    """
+
+    rule: str
+    n_normal: int
+    holdout_fpr: float
+    fpr_interval: tuple[float, float]
+    confidence: float
+    interval: str
+    attainable: bool = True
+    k: float | None = None
+    target_fpr: float | None = None
+    n_defect: int = 0
+    f1: float | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        check_choice("rule", self.rule, DECISION_RULES)
+        set_(self, "n_normal", check_int("n_normal", self.n_normal, 1))
+        set_(self, "holdout_fpr", check_float("holdout_fpr", self.holdout_fpr, 0.0, 1.0))
+        v = self.fpr_interval
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 2:
+            raise InputError(f"fpr_interval={_show(v)}: expected [low, high]")
+        lo, hi = (check_float(f"fpr_interval[{i}]", x, 0.0, 1.0) for i, x in enumerate(v))
+        if lo > hi:
+            raise InputError(f"fpr_interval={_show(v)}: expected low <= high")
+        set_(self, "fpr_interval", (lo, hi))
+        set_(self, "confidence", check_float("confidence", self.confidence, 0.0, 1.0, lo_open=True, hi_open=True))
+        check_str("interval", self.interval)
+        if not isinstance(self.attainable, bool):
+            raise InputError(f"attainable={_show(self.attainable)}: expected true or false")
+        if self.k is not None:
+            set_(self, "k", check_float("k", self.k, 0.0))
+        if self.target_fpr is not None:
+            set_(self, "target_fpr", check_float("target_fpr", self.target_fpr, 0.0, 1.0, lo_open=True, hi_open=True))
+        set_(self, "n_defect", check_int("n_defect", self.n_defect, 0))
+        if self.f1 is not None:
+            set_(self, "f1", check_float("f1", self.f1, 0.0, 1.0))
+        need = {"std": ("k", self.k), "fpr": ("target_fpr", self.target_fpr), "f1": ("f1", self.f1)}[self.rule]
+        if need[1] is None:
+            raise InputError(f"rule {self.rule!r} without {need[0]!r}")
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["fpr_interval"] = list(self.fpr_interval)
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "decision") -> "Decision":
+        try:
+            check_dict(where, d)
+            names = {f.name for f in fields(cls)}
+            unknown = sorted(set(d) - names)
+            if unknown:
+                raise InputError(f"unknown field(s) {', '.join(map(repr, unknown))}")
+            return cls(**d)
+        except TypeError as e:          # a required field missing
+            raise InputError(f"{where}: {e}") from None
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Statistics of raw outputs on held-out normal images, and the thresholds derived from them."""
+    """Statistics of raw outputs on held-out normal images, and the thresholds derived from them.
+
+    ``image``/``pixel``: how each threshold was chosen (:class:`Decision`); absent in bundles made
+    before adrt recorded it (their rule is mean + 3·std, stated in ``rule``).
+    """
 
     n_images: int
     score_mean: float
@@ -146,27 +361,40 @@ class Calibration:
     map_threshold: float
     map_scale: float
     rule: str
+    image: Decision | None = None
+    pixel: Decision | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "n_images", check_int("calibration.n_images", self.n_images, 1))
         for f in fields(self):
-            if f.name in ("n_images", "rule"):
+            if f.name in ("n_images", "rule", "image", "pixel"):
                 continue
             positive = f.name.endswith(("_std", "_scale"))
             object.__setattr__(self, f.name, check_float(f"calibration.{f.name}", getattr(self, f.name),
                                                          0.0 if positive else None, lo_open=positive))
         check_str("calibration.rule", self.rule)
+        for name in ("image", "pixel"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, Decision):
+                object.__setattr__(self, name, Decision.from_dict(v, f"calibration.{name}"))
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("image", "pixel"):
+            if d[name] is None:
+                del d[name]
+            else:
+                d[name] = d[name].to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "Calibration":
         check_dict("calibration", d)
-        missing = [f.name for f in fields(cls) if f.name not in d]
+        optional = ("image", "pixel")
+        missing = [f.name for f in fields(cls) if f.name not in d and f.name not in optional]
         if missing:
             raise InputError(f"calibration: lacks {', '.join(map(repr, missing))}")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 # --- manifest entries --------------------------------------------------------------------------
@@ -298,7 +526,7 @@ class EngineEntry:
 # --- the manifest ------------------------------------------------------------------------------
 
 # Top-level keys in the order they are written; keys this version does not know follow them.
-_ORDER = ("format", "format_version", "adrt_version", "method", "config", "input", "inputs", "outputs", "threshold",
+_ORDER = ("format", "format_version", "adrt_version", "method", "config", "input", "inputs", "geometry", "outputs", "threshold",
           "calibration", "training", "metrics", "export", "models", "files", "engines")
 _DICTS = ("config", "outputs", "training", "metrics", "export")
 
@@ -332,6 +560,7 @@ class Manifest:
     def paired(self) -> bool:
         """True when every image needs a reference image at run time."""
         return REFERENCE_NAME in self.inputs
+    geometry: Geometry = RESIZE                      # absent in a manifest: resize
 
     def to_dict(self) -> dict:
         out = {"format": FORMAT, "format_version": self.format_version, "adrt_version": self.adrt_version,
@@ -342,6 +571,9 @@ class Manifest:
             out["inputs"] = list(self.declared_inputs)
         if self.engines:
             out["engines"] = {k: e.to_dict() for k, e in self.engines.items()}
+        if self.geometry != RESIZE:
+            out["geometry"] = self.geometry.to_manifest(self.input.height, self.input.width)
+        out["input"].update(self.geometry.input_fields())
         if self.calibration is not None:
             out["calibration"] = copy.deepcopy(self.calibration)
         out.update(copy.deepcopy(self.sections))
@@ -384,6 +616,11 @@ class Manifest:
         if inputs is not None and (not isinstance(inputs, list) or inputs not in ([INPUT_NAME], list(INPUT_NAMES))):
             raise InputError(f"inputs={_show(inputs)}: expected [{INPUT_NAME!r}] or "
                              f"[{INPUT_NAME!r}, {REFERENCE_NAME!r}] (both uint8 N×H×W×C as 'input' says)")
+        geometry = Geometry.from_dict(d["geometry"], spec.height, spec.width) if "geometry" in d else RESIZE
+        if d["input"].get("geometry") != geometry.input_fields().get("geometry"):
+            raise InputError(f"input.geometry={_show(d['input'].get('geometry'))} and geometry.mode="
+                             f"{geometry.mode!r}: a letterbox bundle names 'letterbox' in both, no other bundle "
+                             f"has input.geometry")
         # The calibrated outputs are sigmoids in (0, 1): a threshold outside it makes every label equal.
         threshold = check_float("threshold", d["threshold"], 0.0, 1.0, lo_open=True, hi_open=True)
         files_d = check_dict("files", d["files"])
@@ -419,7 +656,7 @@ class Manifest:
         return cls(method=method, input=spec, threshold=threshold, models=models, files=files, engines=engines,
                    calibration=copy.deepcopy(calibration), adrt_version=adrt_version,
                    sections=copy.deepcopy(sections), extra=copy.deepcopy(extra), format_version=version,
-                   declared_inputs=None if inputs is None else tuple(inputs))
+                   declared_inputs=None if inputs is None else tuple(inputs), geometry=geometry)
 
 
 # --- the graph's I/O against the manifest ------------------------------------------------------

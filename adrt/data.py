@@ -162,20 +162,30 @@ def _read_test(root: Path, keep=lambda paths: paths) -> List[Sample]:
     return samples
 
 
-def load_images(paths: Sequence[Union[str, Path]], height: int, width: int) -> np.ndarray:
-    """Read and resize images into a ``uint8`` N x height x width x 3 array.
+def load_images(paths: Sequence[Union[str, Path]], height: int, width: int, geometry=None) -> np.ndarray:
+    """Read and resize images into a ``uint8`` N x height x width x 3 array (``geometry``, an
+    adrt.contract.Geometry: letterbox instead of resize; default resize).
 
     Errors from :func:`~adrt.runtime.image.read_image` propagate and name the file.
     """
     out = np.empty((len(paths), int(height), int(width), 3), dtype=np.uint8)
     for i, p in enumerate(paths):
-        out[i] = resize(read_image(p), height, width)
+        out[i] = _prepare(read_image(p), height, width, geometry)
     return out
 
 
-def load_masks(samples: Sequence[Sample], height: int, width: int) -> Optional[np.ndarray]:
+def _prepare(image, height, width, geometry):
+    if geometry is None:
+        return resize(image, height, width)
+    from adrt.runtime.geometry import prepare
+
+    return prepare(image, height, width, geometry)
+
+
+def load_masks(samples: Sequence[Sample], height: int, width: int, geometry=None) -> Optional[np.ndarray]:
     """Ground-truth masks as a ``bool`` N x height x width array, or None when a defect sample has
-    no mask file (callers then skip pixel metrics). Good samples get all-False masks.
+    no mask file (callers then skip pixel metrics). Good samples get all-False masks. ``geometry``
+    places them as :func:`load_images` places their images.
 
     Each mask must have the size of its image before resizing (else :class:`DataError`).
     """
@@ -186,7 +196,12 @@ def load_masks(samples: Sequence[Sample], height: int, width: int) -> Optional[n
         if s.label == 0 or s.mask_path is None:
             continue
         size = read_image_size(s.path)
-        out[i] = read_mask(s.mask_path, height, width, expect_size=size)
+        if geometry is not None and geometry.mode == "letterbox":
+            from adrt.runtime.geometry import prepare_mask
+
+            out[i] = prepare_mask(read_mask(s.mask_path, expect_size=size), height, width, geometry)
+        else:
+            out[i] = read_mask(s.mask_path, height, width, expect_size=size)
     return out
 
 

@@ -40,19 +40,26 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
         from adrt.runtime.pairs import find_references
 
         refs = find_references([s.path for s in ds.test])     # one error names every image without one
+    geometry = getattr(session, "geometry", None)
+    # Letterboxed maps are brought back to the frame (padding dropped) on the same H×W grid the masks
+    # are resized to, so the padding never counts as normal pixels.
+    letterboxed = geometry is not None and geometry.mode == "letterbox"
     masks = load_masks(ds.test, h, w)
     if masks is None:
         msg = f"{ds.root}: some defect images have no ground-truth mask; pixel metrics skipped"
         warnings.warn(msg)
         log("warning: " + msg)
     t0 = time.perf_counter()
-    maps, scores, calibrated = [], [], []
+    maps, scores, calibrated, cal_maps = [], [], [], []
     for i in range(0, len(ds.test), batch_size):
-        batch = load_images([s.path for s in ds.test[i : i + batch_size]], h, w)
-        r = session.run(batch, None if refs is None else load_images(refs[i : i + batch_size], h, w))
-        maps.append(r.raw_maps)
+        batch = load_images([s.path for s in ds.test[i : i + batch_size]], h, w, geometry)
+        r = session.run(batch, None if refs is None else load_images(refs[i : i + batch_size], h, w, geometry))
+        maps.append(_frame_maps(r.raw_maps, ds.test[i : i + batch_size], h, w) if letterboxed else r.raw_maps)
         scores.append(r.raw_scores)
         calibrated.append(r.scores)
+        if masks is not None:
+            m = _frame_maps(r.maps, ds.test[i : i + batch_size], h, w) if letterboxed else r.maps
+            cal_maps.append(m >= session.pixel_threshold)
     seconds = time.perf_counter() - t0
     raw_maps, raw_scores = np.concatenate(maps), np.concatenate(scores)
     labels = np.array([s.label for s in ds.test])
@@ -60,13 +67,10 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     # Metrics use the raw outputs: the calibrated ones are a monotone map of them, but saturate
     # in float32 far from the threshold, which would create ties.
     result = evaluate(labels, raw_scores, types, masks=masks, maps=raw_maps if masks is not None else None)
-    pred = np.concatenate(calibrated) >= session.threshold
-    result["at_threshold"] = {
-        "accuracy": float((pred == labels.astype(bool)).mean()),
-        "false_positive_rate": float(pred[labels == 0].mean()) if (labels == 0).any() else None,
-        "recall": float(pred[labels == 1].mean()) if (labels == 1).any() else None,
-    }
-    result["data"] = {"root": str(ds.root), "n_test": len(ds.test), "pixel_metrics": masks is not None}
+    result["at_threshold"] = at_threshold(session, labels, np.concatenate(calibrated), masks,
+                                          np.concatenate(cal_maps) if masks is not None else None)
+    result["data"] = {"root": str(ds.root), "n_test": len(ds.test), "pixel_metrics": masks is not None,
+                      "geometry": geometry.mode if geometry is not None else "resize"}
     result["inference_seconds"] = round(seconds, 3)
     for note in result.get("notes", []):
         log("warning: " + note)
@@ -75,8 +79,52 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
             (tmp / "metrics.json").write_text(json.dumps(result, indent=2))
             (tmp / "metrics.txt").write_text(format_table(result) + "\n")
             if overlays:
-                _write_overlays(session, ds, tmp / "overlays", overlays, masks, refs)
+                _write_overlays(session, ds, tmp / "overlays", overlays,
+                                load_masks(ds.test, h, w, geometry) if letterboxed and masks is not None else masks,
+                                refs)
     return result
+
+
+def _frame_maps(maps: np.ndarray, samples, h: int, w: int) -> np.ndarray:
+    """Letterboxed maps → the frames' content on an h×w grid (adrt.runtime.geometry.unletterbox)."""
+    from adrt.runtime.geometry import unletterbox
+    from adrt.runtime.image import read_image_size
+
+    return np.concatenate([unletterbox(m[None], *read_image_size(s.path), h, w) for m, s in zip(maps, samples)])
+
+
+def at_threshold(session, labels: np.ndarray, scores: np.ndarray, masks=None, pixel_pred=None) -> dict:
+    """Decisions at the session's thresholds: image FPR (good images flagged) and recall (defect
+    images flagged), accuracy, and with masks the pixel FPR (on the good images) and recall (on
+    the defect pixels) at the pixel threshold. At
+    the bundle's own threshold, the false alarms its calibration predicts for this many good
+    images (``expected_false_alarms``, a 95 % prediction interval; adrt.thresholds)."""
+    from adrt.thresholds import count_interval
+
+    y = labels.astype(bool)
+    pred = scores >= session.threshold
+    n_good, n_bad = int((~y).sum()), int(y.sum())
+    out = {"threshold": session.threshold, "pixel_threshold": session.pixel_threshold,
+           "raw_threshold": session.raw_threshold(),
+           "accuracy": float((pred == y).mean()),
+           "false_positive_rate": float(pred[~y].mean()) if n_good else None,
+           "recall": float(pred[y].mean()) if n_bad else None,
+           "false_positives": int(pred[~y].sum()), "n_good": n_good,
+           "true_positives": int(pred[y].sum()), "n_defect": n_bad}
+    cal = session.bundle.contract.calibration or {}
+    d = cal.get("image")
+    if d and n_good and session.threshold == session.bundle.contract.threshold:
+        exceed = int(round(d["holdout_fpr"] * d["n_normal"]))
+        lo, hi = count_interval(d["n_normal"], exceed, n_good, d["confidence"], exact=d["rule"] == "fpr")
+        out["expected_false_alarms"] = {"interval": [lo, hi], "confidence": d["confidence"], "rule": d["rule"],
+                                        "within": lo <= out["false_positives"] <= hi}
+    if masks is not None and pixel_pred is not None:
+        # Pixel FPR on the good images (comparable with the calibration's held-out pixel FPR);
+        # recall over the defect pixels.
+        m = np.asarray(masks, bool)
+        out["pixel_false_positive_rate"] = float(pixel_pred[~y].mean()) if n_good else None
+        out["pixel_recall"] = float(pixel_pred[m].mean()) if m.any() else None
+    return out
 
 
 def _write_overlays(session, ds, folder: Path, n: int, masks, refs=None) -> None:
@@ -94,12 +142,14 @@ def _write_overlays(session, ds, folder: Path, n: int, masks, refs=None) -> None
                 order.append(idx[k])
         k += 1
     h, w = session.height, session.width
-    imgs = load_images([ds.test[i].path for i in order], h, w)
-    r = session.run(imgs, None if refs is None else load_images([refs[i] for i in order], h, w))
+    geometry = getattr(session, "geometry", None)
+    imgs = load_images([ds.test[i].path for i in order], h, w, geometry)
+    r = session.run(imgs, None if refs is None else load_images([refs[i] for i in order], h, w, geometry))
     for j, i in enumerate(order):
         s = ds.test[i]
         save_panel(folder / f"{s.defect_type}_{s.path.stem}.png", imgs[j], r.maps[j], float(r.scores[j]),
-                   session.threshold, None if masks is None else masks[i])
+                   session.threshold, None if masks is None else masks[i], pixel_threshold=session.pixel_threshold,
+                   raw_score=float(r.raw_scores[j]))
 
 
 def record_metrics(bundle, data, result, precision: str = "fp32") -> None:

@@ -427,4 +427,29 @@ def format_table(result: Dict[str, Any]) -> str:
         return "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
 
     sep = "-" * len(line(header))
-    return "\n".join([line(header), sep] + [line(r) for r in rows[:-1]] + [sep, line(rows[-1])])
+    table = "\n".join([line(header), sep] + [line(r) for r in rows[:-1]] + [sep, line(rows[-1])])
+    at = result.get("at_threshold")
+    return table if not at else table + "\n" + format_at_threshold(at)
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{100.0 * v:.1f} %"
+
+
+def format_at_threshold(at: Dict[str, Any]) -> str:
+    """The decision lines under the table: FPR and recall at the threshold (see adrt.evaluate)."""
+    raw = at.get("raw_threshold")
+    text = (f"at threshold {at['threshold']:.3g}" + (f" (raw {raw:.4g})" if raw is not None else "") + ": "
+            f"FPR {_pct(at.get('false_positive_rate'))} ({at.get('false_positives')}/{at.get('n_good')} good images "
+            f"flagged), recall {_pct(at.get('recall'))} ({at.get('true_positives')}/{at.get('n_defect')} defect "
+            f"images), accuracy {_pct(at.get('accuracy'))}")
+    exp = at.get("expected_false_alarms")
+    if exp:
+        lo, hi = exp["interval"]
+        text += (f"\n  calibration ({exp['rule']}) predicts {lo}–{hi} false alarms among {at.get('n_good')} good "
+                 f"images ({exp['confidence']:.0%}): {'within' if exp['within'] else 'OUTSIDE'}")
+    if at.get("pixel_false_positive_rate") is not None or at.get("pixel_recall") is not None:
+        text += (f"\n  pixels at threshold {at['pixel_threshold']:.3g}: FPR {_pct(at.get('pixel_false_positive_rate'))} "
+                 f"(good images), "
+                 f"recall {_pct(at.get('pixel_recall'))}")
+    return text

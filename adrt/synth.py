@@ -1,6 +1,7 @@
 """A small procedural dataset in MVTec AD layout, with painted defects and exact masks.
 
-Good images are a regular texture (``weave``: an over/under woven cloth; ``grain``: wavy wood-like
+Good images are a texture (``gravel``: stochastic, pebbles of random size, tone and place, no
+period; the regular ``weave``: an over/under woven cloth; ``grain``: wavy wood-like
 stripes) with per-image random phase, thread/stripe irregularities, slight colour jitter and pixel
 noise, so a detector has to learn the pattern rather than a constant colour. Defects are painted on
 top of a good image:
@@ -26,7 +27,7 @@ from adrt.outputs import SYNTH_MARKER, Kind, staged_folder
 
 __all__ = ["TEXTURES", "DEFECT_TYPES", "make_dataset", "make_image", "paint_defect"]
 
-TEXTURES = ("weave", "grain")
+TEXTURES = ("weave", "grain", "gravel")
 DEFECT_TYPES = ("scratch", "spot")
 
 # Stream ids mixed into the seed so that every image has its own independent generator.
@@ -78,11 +79,33 @@ def _grain(rng: np.random.Generator, size: int) -> np.ndarray:
     return img * (1.0 + streak)[:, :, None]
 
 
-_TEXTURE_FUNCS = {"weave": _weave, "grain": _grain}
+def _gravel(rng: np.random.Generator, size: int) -> np.ndarray:
+    # Pebbles: the Voronoi cells of random seeds (about 12 px apart at any size), each its own tone,
+    # darker towards the gaps between cells; per-pixel grit on top. Nothing repeats, so a detector
+    # cannot learn a period, only the statistics.
+    n = max(4, int(size * size / 140.0))
+    pts = rng.uniform(0.0, size, (n, 2)).astype(np.float32)
+    yy, xx = _grid(size)
+    best = np.full((size, size), np.inf, np.float32)
+    second = np.full((size, size), np.inf, np.float32)
+    owner = np.zeros((size, size), np.int64)
+    for i, (py, px) in enumerate(pts):
+        d = (yy - py) ** 2 + (xx - px) ** 2
+        closer = d < best
+        second = np.where(closer, best, np.minimum(second, d))
+        owner = np.where(closer, i, owner)
+        best = np.where(closer, d, best)
+    gap = np.clip((np.sqrt(second) - np.sqrt(best)) / 3.0, 0.0, 1.0)          # 0 on a cell border
+    tone = rng.uniform(0.55, 1.0, n)[owner] * (0.45 + 0.55 * gap)
+    base = np.array([150.0, 140.0, 125.0]) * (1.0 + rng.normal(0.0, 0.03, 3))
+    return tone[..., None] * base + rng.normal(0.0, 6.0, (size, size, 1))
+
+
+_TEXTURE_FUNCS = {"weave": _weave, "grain": _grain, "gravel": _gravel}
 
 
 def make_image(texture: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One good ``uint8`` size x size x 3 image of ``texture`` (``weave`` or ``grain``)."""
+    """One good ``uint8`` size x size x 3 image of ``texture`` (one of :data:`TEXTURES`)."""
     if texture not in _TEXTURE_FUNCS:
         raise InputError(f"texture={texture!r}: expected one of {', '.join(TEXTURES)}")
     img = _TEXTURE_FUNCS[texture](rng, size)
@@ -90,9 +113,13 @@ def make_image(texture: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _scratch_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+def _scratch_mask(rng: np.random.Generator, size: int, fine: float = 0.0) -> np.ndarray:
     half_width = max(1.0, size * 0.028)
     length = size * rng.uniform(0.45, 0.8)
+    if fine:
+        # At most ``fine`` pixels wide whatever the image size, 24-64 px long.
+        half_width = rng.uniform(0.75, fine / 2.0)
+        length = min(size * 0.8, rng.uniform(24.0, 64.0))
     angle = rng.uniform(0.0, np.pi)
     dy, dx = np.sin(angle), np.cos(angle)
     margin = half_width + 1.0
@@ -108,9 +135,12 @@ def _scratch_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return dist <= half_width
 
 
-def _spot_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+def _spot_mask(rng: np.random.Generator, size: int, fine: float = 0.0) -> np.ndarray:
     a = size * rng.uniform(0.09, 0.15)
     b = size * rng.uniform(0.09, 0.15)
+    if fine:
+        # A dot or short dash at most ``fine`` pixels wide (its reach, wobble included, ≤ fine / 2).
+        a, b = rng.uniform(1.5, fine / 2.0, 2) / 1.15
     theta = rng.uniform(0.0, np.pi)
     wobble = rng.uniform(0.05, 0.15)
     lobes = int(rng.integers(3, 6))
@@ -127,8 +157,10 @@ def _spot_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return r <= limit
 
 
-def paint_defect(image: np.ndarray, kind: str, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """Paint a ``scratch`` or ``spot`` on a copy of a square ``uint8`` RGB image.
+def paint_defect(image: np.ndarray, kind: str, rng: np.random.Generator,
+                 fine: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Paint a ``scratch`` or ``spot`` on a copy of a square ``uint8`` RGB image. ``fine`` > 0:
+    defects at most that many pixels wide (thin scratches, dots), whatever the image size.
 
     Returns ``(defect_image, mask)``; ``mask`` (bool) is True exactly where pixels were changed.
     """
@@ -144,11 +176,11 @@ def paint_defect(image: np.ndarray, kind: str, rng: np.random.Generator) -> Tupl
         raise InputError(f"paint_defect image ({desc}): expected a square uint8 S x S x 3 array, S >= 16")
     size = image.shape[0]
     if kind == "scratch":
-        mask = _scratch_mask(rng, size)
+        mask = _scratch_mask(rng, size, fine)
         light = rng.random() < 0.5
         colour = np.array([238.0, 236.0, 230.0] if light else [34.0, 30.0, 28.0])
     elif kind == "spot":
-        mask = _spot_mask(rng, size)
+        mask = _spot_mask(rng, size, fine)
         colour = np.array([40.0, 72.0, 140.0] if rng.random() < 0.5 else [38.0, 110.0, 60.0])
     else:
         raise InputError(f"defect kind={kind!r}: expected one of {', '.join(DEFECT_TYPES)}")
@@ -187,13 +219,15 @@ def make_dataset(
     seed: int = 0,
     texture: str = "weave",
     overwrite: bool = False,
+    fine: float = 0.0,
 ) -> Path:
     """Write a synthetic MVTec AD category under ``root`` and return ``root`` as a Path.
 
     Layout: ``train/good/000.png ...``, ``test/good/*``, ``test/scratch/*``, ``test/spot/*``,
     ``ground_truth/{scratch,spot}/NNN_mask.png`` (0/255) and a marker file ``.adrt-synth.json``.
     ``n_test_defect`` is the total number of defect images, split between scratch and spot (scratch
-    gets the odd one). ``root`` must be new or empty, or (with ``overwrite=True``) a synthetic
+    gets the odd one). ``fine`` > 0 (pixels, at least 3): every defect at most that wide (the
+    tiling check: defects that vanish when a large image is squashed). ``root`` must be new or empty, or (with ``overwrite=True``) a synthetic
     dataset written here before; any other folder is refused (OutputError).
     """
     size = _check_int("size", size, 16)
@@ -203,20 +237,23 @@ def make_dataset(
     seed = _check_int("seed", seed, 0)
     if texture not in _TEXTURE_FUNCS:
         raise InputError(f"texture={texture!r}: expected one of {', '.join(TEXTURES)}")
+    if isinstance(fine, bool) or not isinstance(fine, (int, float)) or not (fine == 0 or 3 <= fine <= size / 4):
+        raise InputError(f"fine={fine!r}: expected 0 (defects scaled with the image) or a width in pixels from 3 "
+                         f"to size/4")
     root = Path(root)
     # Written beside ROOT and moved into place once complete; an existing folder is replaced only
     # when it is a synthetic dataset made here (its marker file) and overwrite=True (adrt.outputs):
     # a real dataset is never deleted.
     with staged_folder(root, Kind.DATASET, overwrite=overwrite, option="dataset folder") as tmp:
-        _write(tmp, texture, size, n_train, n_test_good, n_test_defect, seed)
+        _write(tmp, texture, size, n_train, n_test_good, n_test_defect, seed, float(fine))
         (tmp / SYNTH_MARKER).write_text(json.dumps({
             "texture": texture, "size": size, "n_train": n_train, "n_test_good": n_test_good,
-            "n_test_defect": n_test_defect, "seed": seed}))
+            "n_test_defect": n_test_defect, "seed": seed, **({"fine": fine} if fine else {})}))
     return root
 
 
 def _write(root: Path, texture: str, size: int, n_train: int, n_test_good: int, n_test_defect: int,
-           seed: int) -> None:
+           seed: int, fine: float = 0.0) -> None:
     total = max(n_train, n_test_good, n_test_defect)
     width = max(3, len(str(total - 1)))
 
@@ -231,6 +268,6 @@ def _write(root: Path, texture: str, size: int, n_train: int, n_test_good: int, 
     for kind, count in counts.items():
         for i in range(count):
             rng = _rng(seed, kind, i)
-            img, mask = paint_defect(make_image(texture, size, rng), kind, rng)
+            img, mask = paint_defect(make_image(texture, size, rng), kind, rng, fine)
             _save(img, root / "test" / kind / f"{name(i)}.png")
             _save(mask.astype(np.uint8) * np.uint8(255), root / "ground_truth" / kind / f"{name(i)}_mask.png")

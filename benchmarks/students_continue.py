@@ -32,9 +32,8 @@ def main(argv=None) -> int:
     from adrt.data import Dataset, load_images, load_masks, split_holdout
     from adrt.metrics import evaluate
     from adrt.train.fit import load_run
-    from adrt.train.students.data import to_tensor
-    from adrt.train.students.loop import split_validation
-    from adrt.train.students.training import MIN_TRAIN, student_loss, validation_stats
+    from adrt.train.trainer import split_validation, to_tensor
+    from adrt.train.students.fit import MIN_TRAIN, student_loss, validation_stats
 
     torch.set_num_threads(args.threads)
     det, meta = load_run(args.run)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from adrt._version import __version__
-from adrt.contract import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, Precision
+from adrt.contract import FORMAT, FORMAT_VERSION, OUTPUT_NAMES, RESIZE, Precision
 from adrt.errors import AdrtError
 from adrt.export.feeds import sample_feeds
 from adrt.outputs import Kind, staged_folder
@@ -128,10 +128,14 @@ def parity(detector: Detector, onnx_path: Path, images: np.ndarray, references: 
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    feeds = sample_feeds(detector.input_names, images, references)
-    got = sess.run(None, feeds)
+    # One image per call: a tiled detector's frame is already a batch of tiles (memory ∝ one frame).
+    every = sample_feeds(detector.input_names, images, references)
+    feeds = [{k: v[i : i + 1] for k, v in every.items()} for i in range(len(images))]
+    got = [np.concatenate(x) for x in zip(*(sess.run(None, f) for f in feeds))]
     with torch.inference_mode():
-        ref = [t.numpy() for t in detector(*(torch.from_numpy(feeds[n]) for n in detector.input_names))]
+        ref = [np.concatenate(x) for x in zip(*([t.numpy() for t in detector(*(torch.from_numpy(f[n])
+                                                                               for n in detector.input_names))]
+                                                for f in feeds))]
     out = {}
     for name, g, r in zip(Detector.output_names, got, ref):
         err = float(np.abs(g - r).max())
@@ -183,13 +187,16 @@ def write_bundle(detector: Detector, meta: dict, folder: Path, *, sample_images:
         "adrt_version": __version__,
         "method": meta["method"],
         "config": meta["config"],
-        "input": spec.to_manifest(),
+        "input": {**spec.to_manifest(), **detector.geometry.input_fields()},
         "inputs": list(detector.input_names),
+        **({} if detector.geometry == RESIZE else {"geometry": detector.geometry.to_manifest(spec.height, spec.width)}),
         "outputs": {
             "anomaly_map": "float32 N×H×W, calibrated: 0.5 is the threshold",
             "score": "float32 N, calibrated: 0.5 is the threshold",
             "raw_map": "float32 N×H×W, uncalibrated",
             "raw_score": "float32 N, uncalibrated",
+            # max: the method's own image score (or the map's maximum); topk:F: mean of the top F of the map
+            "image_score": meta.get("image_score", "max"),
         },
         "threshold": 0.5,
         "calibration": meta["calibration"],

@@ -13,13 +13,16 @@ from adrt.export.trt86 import add_trt86_variants
 from adrt.export.trt_check import check_bundle, fatal_count, format_report
 from adrt.outputs import Kind, check_output, staged_folder
 from adrt.runtime.bundle import read_manifest, write_manifest
-from adrt.train.fit import load_run
+from adrt.train.fit import load_run, with_geometry
 
 
 def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tensorrt", trt86=True, *,
-               overwrite: bool = False, log=lambda m: None) -> Path:
+               overwrite: bool = False, log=lambda m: None, geometry=None, input_size=None) -> Path:
     """Export a run folder to a bundle; parity is checked on real training images when ``data`` is given.
 
+    ``geometry`` (adrt.contract.Geometry) / ``input_size`` (height, width): export behind another
+    input geometry than the run's (e.g. tiles of the trained size over a full frame); the detector
+    is then recalibrated on the run's held-out images (adrt.train.fit.with_geometry).
     ``precisions``: reduced-precision models to add besides fp32 ("fp16", "int8"; int8 needs
     ``calib``, a folder of normal images), see adrt.export.quantize. ``trt86``: also write the
     opset-17 copies TensorRT 8.6 builds from (adrt.export.trt86). Every model is then checked
@@ -34,6 +37,9 @@ def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tens
     if Precision.INT8 in wanted and calib is None:
         raise InputError("int8 needs calibration images: --calib DIR (normal images)")
     det, meta = load_run(run)
+    if geometry is not None or input_size is not None:
+        det, meta = with_geometry(det, meta, geometry if geometry is not None else det.geometry, input_size, data,
+                                  log)
     # Calibration images are read (and counted) before anything is written.
     calib_data = load_calibration(calib, det.spec.height, det.spec.width) if Precision.INT8 in wanted else None
     # Lets `adrt bench` find the torch detector of this bundle on the training machine.
@@ -42,7 +48,7 @@ def export_run(run, out, data=None, precisions=(), calib=None, int8_target="tens
     if data is not None:
         ds = Dataset.open(data)
         paths = [s.path for s in ds.test if s.label == 1][:1] + ds.train[:2]
-        samples = load_images(paths, det.spec.height, det.spec.width)
+        samples = load_images(paths, det.spec.height, det.spec.width, det.geometry)
     out = Path(out)
     with staged_folder(out, Kind.BUNDLE, overwrite=overwrite, inputs=inputs) as tmp:
         write_bundle(det, meta, tmp, sample_images=samples)

@@ -189,8 +189,10 @@ def parity(a: Path, b: Path, images: np.ndarray) -> dict:
     names = [o.name for o in runs[0].get_outputs()]
     from adrt.export.feeds import sample_feeds
 
-    feeds = sample_feeds([i.name for i in runs[0].get_inputs()], images)
-    ra, rb = (r.run(None, feeds) for r in runs)
+    # One image per call: a tiled bundle's frame is already a batch of tiles (memory ∝ one frame).
+    every = sample_feeds([i.name for i in runs[0].get_inputs()], images)
+    feeds = [{k: v[i : i + 1] for k, v in every.items()} for i in range(len(images))]
+    ra, rb = ([np.concatenate(x) for x in zip(*(r.run(None, f) for f in feeds))] for r in runs)
     out = {}
     for name, x, y in zip(names, ra, rb):
         same_nan = bool((np.isnan(x) == np.isnan(y)).all())

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 # The input spec and calibration record are the bundle contract's (torch-free), re-exported here.
-from adrt.contract import INPUT_NAME, INPUT_NAMES, OUTPUT_NAMES, Calibration, InputSpec  # noqa: F401
+from adrt.contract import INPUT_NAME, INPUT_NAMES, OUTPUT_NAMES, RESIZE, Calibration, Geometry, InputSpec  # noqa: F401
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -104,28 +104,74 @@ class GaussianBlur(nn.Module):
         return (a_h @ m) @ a_w_t
 
 
+#: TensorRT's TopK layer takes K up to 3840.
+MAX_TOPK = 3840
+
+
+def topk_count(image_score: str, pixels: int) -> int:
+    """Pixels the image score averages: 0 for ``max`` (the method's own image score, or the map's
+    maximum), else k = max(1, round(fraction · pixels)) for ``topk:FRACTION`` (e.g. ``topk:0.01``)."""
+    from adrt.errors import AdrtError
+
+    if image_score == "max":
+        return 0
+    kind, _, frac = str(image_score).partition(":")
+    try:
+        f = float(frac)
+    except ValueError:
+        f = float("nan")
+    if kind != "topk" or not 0.0 < f <= 1.0:
+        raise AdrtError(f"image score {image_score!r}: expected 'max' or 'topk:FRACTION' with 0 < FRACTION <= 1 "
+                        f"(e.g. topk:0.01, the mean of the top 1 % of the map)")
+    k = max(1, int(round(f * pixels)))
+    if k > MAX_TOPK:
+        raise AdrtError(f"image score {image_score!r}: the top {k} of {pixels} pixels; TensorRT's TopK takes at "
+                        f"most {MAX_TOPK}: use a fraction up to {MAX_TOPK / pixels:.3g}")
+    return k
+
+
 class Detector(nn.Module):
     """uint8 ``image`` N×H×W×C → (``anomaly_map`` N×H×W, ``score`` N, ``raw_map``, ``raw_score``).
 
     ``anomaly_map``/``score`` are calibrated so that 0.5 is the threshold:
     ``sigmoid((raw - threshold) / scale)`` with threshold and scale measured on held-out normal
     images (monotone, so rankings and AUROC are those of the raw values).
+
+    ``geometry`` (adrt.contract.Geometry): with a ``tile`` geometry the input is the full frame
+    (``spec``'s H×W); it is cut into tiles of the model's size, the scorer runs on them as one batch,
+    and the tiles' maps (upsampled and smoothed per tile, as an untiled model's) are stitched
+    (adrt.train.tiling); the score is the maximum of the stitched map. Calibration applies to the
+    stitched map and the frame's score.
     """
 
     output_names = OUTPUT_NAMES
 
-    def __init__(self, scorer: nn.Module, spec: InputSpec, sigma: float = 4.0):
+    def __init__(self, scorer: nn.Module, spec: InputSpec, sigma: float = 4.0, geometry: Geometry = RESIZE,
+                 image_score: str = "max"):
         super().__init__()
         self.scorer = scorer
         self.spec = spec
+        self.geometry = geometry
+        self.image_score = image_score
+        self.topk = topk_count(image_score, spec.height * spec.width)   # of the (stitched) frame's map
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.blur = GaussianBlur(sigma, spec.height, spec.width)
+        self.tiling = None
+        if geometry.tiled:
+            from adrt.train.tiling import Tiling
+
+            self.tiling = Tiling(geometry, spec.height, spec.width)
+        self.blur = GaussianBlur(sigma, *self.model_size)
         # Calibration (raw units). Identity-ish until calibrate() fills them.
         self.register_buffer("map_threshold", torch.tensor(0.0))
         self.register_buffer("map_scale", torch.tensor(1.0))
         self.register_buffer("score_threshold", torch.tensor(0.0))
         self.register_buffer("score_scale", torch.tensor(1.0))
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        """(height, width) the scorer sees: the tile's for a tiled detector, else the input's."""
+        return self.geometry.tile if self.tiling is not None else (self.spec.height, self.spec.width)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 N×H×W×C → normalised float N×C×H×W (inside the graph, so callers pass frames as they come)."""
@@ -144,12 +190,26 @@ class Detector(nn.Module):
         """Uncalibrated map N×H×W (upsampled, smoothed) and score N. ``reference``: the uint8
         reference images (same shape as ``image``) of a paired scorer."""
         x = self.preprocess(image)
+        if self.tiling is not None:
+            x = self.tiling.cut(x)
         if reference is None:
             patch_map, patch_score = self.scorer(x)
-        else:
+        else:       # a paired scorer (never tiled: adrt.train.fit refuses it)
             patch_map, patch_score = self.scorer(x, self.preprocess(reference))
-        m = self.blur.upsample(patch_map, self.spec.height, self.spec.width)
-        score = patch_score if patch_score is not None else m.flatten(1).amax(dim=1)
+        m = self.blur.upsample(patch_map, *self.model_size)
+        score = patch_score
+        if self.tiling is not None:
+            # The frame's score comes from the stitched map, not from the tiles' own scores
+            # (e.g. PatchCore's reweighted maximum): those count each tile's edges at full weight,
+            # where the blend discounts them in favour of the neighbouring tile's centre (on the
+            # 1 MP synthetic check: image AUROC 0.969 against 0.887, benchmarks/results/tiling_synth.md).
+            m = self.tiling.stitch(m)
+            score = None
+        if self.topk:
+            # Mean of the k largest map values: one hot pixel (e.g. at the border) cannot decide alone.
+            score = m.flatten(1).topk(self.topk, dim=1).values.mean(dim=1)
+        elif score is None:
+            score = m.flatten(1).amax(dim=1)
         return m, score
 
     def forward(self, image: torch.Tensor, reference: torch.Tensor | None = None):
@@ -164,6 +224,8 @@ def run_raw(detector: Detector, images, batch_size: int = 8, references=None):
     """Raw maps and scores (numpy) for uint8 N×H×W×C images (and their ``references`` for a
     paired detector), in batches."""
     maps, scores = [], []
+    if detector.tiling is not None:          # a tiled frame is a batch of tiles already
+        batch_size = max(1, batch_size // detector.tiling.n_tiles)
     for i in range(0, len(images), batch_size):
         ref = None if references is None else torch.from_numpy(references[i : i + batch_size])
         m, s = detector.raw(torch.from_numpy(images[i : i + batch_size]), ref)
@@ -174,35 +236,66 @@ def run_raw(detector: Detector, images, batch_size: int = 8, references=None):
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0,
-              references=None) -> Calibration:
+def calibrate(detector: Detector, normal_images, k_score: float = 3.0, k_map: float = 3.0, *,
+              options=None, defects=None, references=None) -> Calibration:
     """Set thresholds from held-out normal images (and their ``references`` for a paired
-    detector): threshold = mean + k·std of the normal values, scale = std (so the normalised
-    output crosses 0.5 at the threshold)."""
+    detector); scale = std of the normal values, so the normalised output
+    ``sigmoid((raw - threshold) / std)`` crosses 0.5 at the threshold.
+
+    ``options`` (adrt.thresholds.CalibrationOptions) picks the rule: mean + k·std (the default,
+    k = ``k_score`` for scores and ``k_map`` for maps), a target false-positive rate, or F1-optimal
+    on ``defects`` = (uint8 N×H×W×3 defect images, bool N×H×W masks or None). How each threshold
+    was chosen and its expected FPR go into the record (``image``, ``pixel``)."""
     import numpy as np
+
+    from adrt.thresholds import CalibrationOptions, image_threshold, pixel_threshold
 
     detector.eval()
     maps, scores = run_raw(detector, normal_images, references=references)
-    if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
-        from adrt.errors import AdrtError
-
-        bad = np.flatnonzero(~(np.isfinite(scores) & np.isfinite(maps).reshape(len(maps), -1).all(1)))
-        raise AdrtError(f"calibration: the detector produced NaN/Inf on held-out normal image(s) {bad.tolist()}; "
-                        "no threshold can be set (check the method's options, e.g. a step size)")
+    _check_finite(maps, scores, "held-out normal image(s)")
+    d_maps = d_scores = d_masks = None
+    if defects is not None:
+        d_maps, d_scores = run_raw(detector, defects[0])
+        _check_finite(d_maps, d_scores, "defect image(s)")
+        d_masks = defects[1]
+    if options is None:
+        img_opts, px_opts = CalibrationOptions("std", k=k_score), CalibrationOptions("std", k=k_map)
+    else:
+        img_opts = px_opts = options
     s_mean, s_std = float(scores.mean()), float(scores.std())
     m_mean, m_std = float(maps.mean()), float(maps.std())
     s_std = max(s_std, 1e-6 * max(abs(s_mean), 1.0))
     m_std = max(m_std, 1e-6 * max(abs(m_mean), 1.0))
+    s_thr, image = image_threshold(scores, img_opts, d_scores)
+    m_thr, pixel = pixel_threshold(maps, px_opts, d_maps, d_masks)
     cal = Calibration(
         n_images=len(normal_images), score_mean=s_mean, score_std=s_std, score_max=float(scores.max()),
-        score_threshold=s_mean + k_score * s_std, score_scale=s_std,
+        score_threshold=s_thr, score_scale=s_std,
         map_mean=m_mean, map_std=m_std, map_q999=float(np.quantile(maps, 0.999)),
-        map_threshold=m_mean + k_map * m_std, map_scale=m_std,
-        rule=f"threshold = mean + k*std of held-out normal raw values (k_score={k_score}, k_map={k_map}); "
+        map_threshold=m_thr, map_scale=m_std,
+        rule=f"threshold: image {_rule_text(image)}, pixel {_rule_text(pixel)} of held-out normal raw values; "
              "normalised = sigmoid((raw - threshold) / std)",
+        image=image, pixel=pixel,
     )
     apply_calibration(detector, cal)
     return cal
+
+
+def _rule_text(d) -> str:
+    if d.rule == "std":
+        return f"mean + {d.k:g}*std"
+    return f"FPR {d.target_fpr:g}" if d.rule == "fpr" else f"F1-optimal ({d.n_defect} defect images)"
+
+
+def _check_finite(maps, scores, what: str) -> None:
+    import numpy as np
+
+    if not (np.isfinite(maps).all() and np.isfinite(scores).all()):
+        from adrt.errors import AdrtError
+
+        bad = np.flatnonzero(~(np.isfinite(scores) & np.isfinite(maps).reshape(len(maps), -1).all(1)))
+        raise AdrtError(f"calibration: the detector produced NaN/Inf on {what} {bad.tolist()}; "
+                        "no threshold can be set (check the method's options, e.g. a step size)")
 
 
 def apply_calibration(detector: Detector, cal: Calibration) -> None:
@@ -210,3 +303,14 @@ def apply_calibration(detector: Detector, cal: Calibration) -> None:
     detector.score_scale.fill_(cal.score_scale)
     detector.map_threshold.fill_(cal.map_threshold)
     detector.map_scale.fill_(cal.map_scale)
+
+
+def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Square resize inside the graph: average pooling for integer factors (anti-aliased, exact in
+    ONNX), bilinear otherwise; no-op at the same size."""
+    h, w = x.shape[-2:]
+    if size <= 0 or (h == size and w == size):
+        return x
+    if h % size == 0 and w % size == 0 and h // size == w // size:
+        return nn.functional.avg_pool2d(x, h // size)
+    return nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

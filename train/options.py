@@ -55,3 +55,24 @@ def dims_opt(method: str, cfg, name: str, lo: int, dims: int, zero: str = "") ->
     if v > dims:
         raise AdrtError(f"{method} option {name}={v}: the {cfg.backbone} taps at strides "
                         f"{', '.join(map(str, cfg.tap_strides))} have {dims} dims; expected {lo}{zero} to {dims}")
+
+
+#: A normalisation (x − lo) / (hi − lo) whose spread hi − lo is below this fraction of the values'
+#: magnitude max(|lo|, |hi|) would mostly magnify noise: training stops instead (check_spread).
+MIN_RELATIVE_SPREAD = 1e-2
+
+
+def check_spread(method: str, what: str, lo: float, hi: float, how: str) -> None:
+    """Refuse a degenerate normalisation: ``hi − lo`` (e.g. two quantiles, or a std against its
+    mean) must exceed MIN_RELATIVE_SPREAD × max(|lo|, |hi|); else the normalised map is noise
+    magnified by 1/spread. ``how`` says where lo and hi come from."""
+    import math
+
+    spread, scale = hi - lo, max(abs(lo), abs(hi))
+    if not (math.isfinite(spread) and spread > MIN_RELATIVE_SPREAD * scale and spread > 0):
+        rel = spread / scale if scale > 0 and math.isfinite(spread) else float("nan")
+        raise AdrtError(f"{method}: the {what} normalisation degenerates: {how} are {lo:.6g} and {hi:.6g}, a spread "
+                        f"of {rel:.2g} of their size (at least {MIN_RELATIVE_SPREAD:g} is needed); dividing by it would "
+                        f"magnify noise {1 / max(rel, 1e-12):.3g}× into the map. The map is nearly constant on normal "
+                        f"images (training collapsed, or the image size hides the texture): train longer, change the "
+                        f"learning rate or the image size")

@@ -16,6 +16,12 @@ backend_option = click.option("--backend", type=click.Choice(backend_names()), d
                               help="Execution backend; a backend that is not really active is an error.")
 threads_option = click.option("--threads", type=int, default=None,
                               help="Intra-op threads, 1 to 4 per CPU (default: ONNX Runtime's choice).")
+threshold_option = click.option("--threshold", type=float, default=None,
+                                help="Image decision threshold on the calibrated score scale, in (0, 1); 0.5 (the "
+                                     "default) is the bundle's calibrated threshold, higher flags fewer images.")
+pixel_threshold_option = click.option("--pixel-threshold", type=float, default=None,
+                                      help="Pixel threshold on the calibrated map scale, in (0, 1) (default 0.5, the "
+                                           "bundle's): the contour drawn on overlays.")
 precision_option = click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
                                 show_default=True, help="Model variant of the bundle to run (TensorRT: plan of "
                                 "that precision); `adrt info` lists what the bundle has.")
@@ -31,7 +37,9 @@ precision_option = click.option("--precision", type=click.Choice(["fp32", "fp16"
 @backend_option
 @threads_option
 @precision_option
-def eval_cmd(bundle, data, out, overlays, record, overwrite, backend, threads, precision):
+@threshold_option
+@pixel_threshold_option
+def eval_cmd(bundle, data, out, overlays, record, overwrite, backend, threads, precision, threshold, pixel_threshold):
     """Image AUROC, pixel AUROC, AUPRO and F1-max of BUNDLE on DATA's test split."""
     from adrt.evaluate import evaluate_session, record_metrics
     from adrt.metrics import format_table
@@ -40,7 +48,8 @@ def eval_cmd(bundle, data, out, overlays, record, overwrite, backend, threads, p
 
     if out is not None:        # refused before the work, not after it
         check_output(out, Kind.EVAL, overwrite=overwrite, inputs=[bundle, data])
-    with load(bundle, backend=backend, threads=threads, precision=precision) as s:
+    with load(bundle, backend=backend, threads=threads, precision=precision, threshold=threshold,
+              pixel_threshold=pixel_threshold) as s:
         result = evaluate_session(s, data, out, overlays, overwrite=overwrite, inputs=[bundle, data])
     click.echo(format_table(result))
     if record:
@@ -110,7 +119,10 @@ def _results_text(rows: list[dict], as_json: bool) -> str:
 @backend_option
 @threads_option
 @precision_option
-def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, backend, threads, precision):
+@threshold_option
+@pixel_threshold_option
+def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, backend, threads, precision, threshold,
+          pixel_threshold):
     """Score INPUTS (images or folders) with BUNDLE.
 
     A bundle that compares each image with a reference (`adrt info`: inputs image, reference)
@@ -129,7 +141,8 @@ def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, back
         ensure_parent(out)
     if overlays is not None:
         check_output(overlays, Kind.OVERLAYS, overwrite=overwrite, inputs=[bundle, *inputs], option="--overlays")
-    with load(bundle, backend=backend, threads=threads, precision=precision) as s:
+    with load(bundle, backend=backend, threads=threads, precision=precision, threshold=threshold,
+              pixel_threshold=pixel_threshold) as s:
         paths = _collect_images(inputs, skip_references=s.paired)
         r = s.run_files(paths, batch_size=batch_size, max_pixels=max_pixels)
         rows = [{"path": str(p), "score": float(r.scores[i]), "label": "anomalous" if r.labels[i] else "normal",
@@ -143,7 +156,7 @@ def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, back
                     # Index prefix: inputs from different folders often share file names.
                     name = f"{i:05d}_{p.parent.name}_{p.stem}.png"
                     save_panel(tmp / name, read_image(p, max_pixels=max_pixels), r.maps[i], float(r.scores[i]),
-                               s.threshold)
+                               s.threshold, pixel_threshold=s.pixel_threshold, raw_score=float(r.raw_scores[i]))
                     rows[i]["overlay"] = str(overlays / name)
     text = _results_text(rows, out is not None and out.suffix.lower() == ".json")
     if out is None:
@@ -235,6 +248,13 @@ def info(bundle):
     click.echo(f"input       uint8 N×{i['height']}×{i['width']}×{i['channels']} {i['color']}, resize {i['resize']}")
     if b.contract.paired:
         click.echo(f"inputs      {', '.join(b.contract.inputs)}: every image with its reference image, same size")
+    g = b.contract.geometry
+    if g.tiled:
+        ys, xs = g.grid(b.contract.input.height, b.contract.input.width)
+        click.echo(f"geometry    tile: the full frame cut into {len(ys)}×{len(xs)} tiles of {g.tile[0]}×{g.tile[1]} "
+                   f"(overlap {g.overlap}, {g.blend} blend) in the graph")
+    elif g.mode == "letterbox":
+        click.echo(f"geometry    letterbox: aspect kept, centred, padded with {list(g.pad_value)}")
     for k, v in m["models"].items():
         extra = f", int8 target {v['int8_target']}" if v.get("int8_target") else ""
         extra += f" (opset {v['opset']}" + (f", for {v['target']}" if v.get("target") else "") + ")" if v.get("opset") else ""
@@ -246,6 +266,13 @@ def info(bundle):
                    f"TensorRT {e.get('tensorrt')}{batch}, built {e.get('built', '?')}")
     if not m.get("engines"):
         click.echo("engine      none (build one on the target device: adrt build-engine BUNDLE)")
+    cal = b.contract.calibration or {}
+    for what in ("image", "pixel"):
+        if cal.get(what):
+            from adrt.contract import Decision
+            from adrt.thresholds import describe
+
+            click.echo(f"threshold   {describe(Decision.from_dict(cal[what]), what)}")
     t = m.get("training", {})
     click.echo(f"training    {t.get('dataset')}: {t.get('n_fit')} fit + {t.get('n_holdout')} calibration images, {t.get('seconds')} s")
     for name, res in m.get("metrics", {}).items():

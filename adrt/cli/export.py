@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from adrt.cli.options import geometry_options, parse_geometry
+
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
@@ -20,14 +22,24 @@ import click
 @click.option("--no-trt86", is_flag=True,
               help="Skip the opset-17 copies (model*.trt86.onnx) that TensorRT 8.6 / JetPack 6.0 builds from.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at OUT (never any other folder).")
-def export(run, out, data, precisions, calib, int8_target, no_trt86, overwrite):
-    """Export the detector of run folder RUN to a bundle at OUT."""
+@geometry_options
+def export(run, out, data, precisions, calib, int8_target, no_trt86, overwrite, input_size, tile, overlap, letterbox,
+           pad_value):
+    """Export the detector of run folder RUN to a bundle at OUT.
+
+    By default with the run's input geometry. --tile N --input-size HxW (N the run's size) exports a
+    tiled bundle taking HxW frames; --letterbox one that letterboxes; both recalibrate on the run's
+    held-out images (from --data, or the dataset recorded in the run).
+    """
     if "int8" in precisions and calib is None:
         raise click.BadParameter("int8 needs calibration images: --calib DIR (normal images)", param_hint="--calib")
+    geometry = size = None
+    if any(v is not None for v in (input_size, tile, overlap, pad_value)) or letterbox:
+        geometry, size = parse_geometry(input_size, tile, overlap, letterbox, pad_value)
     from adrt.export.pipeline import export_run   # torch: loaded for this command only
 
     b = export_run(run, out, data, precisions, calib, int8_target, trt86=not no_trt86, overwrite=overwrite,
-                   log=lambda m: click.echo(m, err=True))
+                   log=lambda m: click.echo(m, err=True), geometry=geometry, input_size=size)
     click.echo(f"bundle: {b}")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from adrt.cli.options import overwrite_option, parse_set
+from adrt.cli.options import geometry_options, overwrite_option, parse_geometry, parse_set
 from adrt.errors import AdrtError
 
 
@@ -14,7 +14,7 @@ from adrt.errors import AdrtError
 @click.argument("method")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="MVTec AD category folder or a folder of good images.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
-@click.option("--size", type=click.IntRange(min=32), default=256, show_default=True, help="Square input size.")
+@click.option("--size", type=click.IntRange(min=32), default=None, help="Square model size (default 256; with --tile, the tile's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--holdout", type=click.FloatRange(0.0, 0.9, min_open=True), default=0.1, show_default=True,
               help="Fraction of normal images held out for calibration.")
@@ -23,14 +23,46 @@ from adrt.errors import AdrtError
 @click.option("--threads", type=int, default=None, help="Torch threads, 1 to 4 per CPU (default: torch's choice).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing run folder at --out (and bundle at --export); never any other folder.")
-def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite):
-    """Fit METHOD (see `adrt methods`) on the normal images of DATA."""
+@click.option("--calibration", type=click.Choice(["std", "fpr", "f1"]), default=None,
+              help="Threshold rule on the held-out normal images: std (mean + k*std, the default), fpr (a target "
+                   "false-positive rate; implied by --fpr), f1 (F1-optimal with --defects; implied by it).")
+@click.option("--k", type=float, default=None, help="std rule: threshold = mean + K*std (default 3).")
+@click.option("--fpr", type=float, default=None,
+              help="fpr rule: target false-positive rate per normal image, e.g. 0.01 (the achieved rate's "
+                   "uncertainty, given the held-out count, is printed and recorded).")
+@click.option("--pixel-fpr", type=float, default=None,
+              help="fpr/f1 rules: target false-positive rate per normal pixel (default: --fpr, or 0.01).")
+@click.option("--defects", type=click.Path(path_type=Path), default=None,
+              help="Labelled defect images for --calibration f1: an MVTec-style folder (test/<type>/ with "
+                   "ground_truth masks) or a folder of defect images; not the dataset you evaluate on.")
+@click.option("--image-score", default="max", show_default=True, metavar="max|topk:FRACTION",
+              help="Image score: the method's own (max of the map, PatchCore's reweighted max), or the mean of the "
+                   "top FRACTION of the smoothed map, e.g. topk:0.01 (robust to one hot pixel, e.g. at the border).")
+@geometry_options
+def train(method, data, out, size, seed, holdout, options, bundle, threads, overwrite, calibration, k, fpr,
+          pixel_fpr, defects, image_score, input_size, tile, overlap, letterbox, pad_value):
+    """Fit METHOD (see `adrt methods`) on the normal images of DATA.
+
+    With --tile N --input-size HxW the frames are resized to HxW and the method fits on their NxN
+    tiles (cut as the exported graph cuts them); the bundle takes HxW frames.
+    """
     from adrt.outputs import Kind, check_output
-    from adrt.train.fit import make_config
+    from adrt.thresholds import options_from_cli
+    from adrt.train.fit import input_spec, make_config
     from adrt.train.fit import train as run_train
 
     opts = parse_set(options)
     make_config(method, opts)                     # unknown method or bad --set: before anything else
+    geometry, frame = parse_geometry(input_size, tile, overlap, letterbox, pad_value)
+    if geometry.tiled:
+        if size is not None and (size, size) != tuple(geometry.tile):
+            raise AdrtError(f"--size {size} and --tile {tile}: with --tile the model's size is the tile's")
+        size = geometry.tile[0]
+    elif frame is not None and size is not None:
+        raise AdrtError("--size and --input-size: give one (--input-size HxW for a non-square model)")
+    size = 256 if size is None else size
+    input_spec(size, frame, geometry)             # sizes and tiling checked before anything else
+    cal = options_from_cli(calibration, k, fpr, pixel_fpr, defects)
     if bundle is not None:
         # Both outputs are checked before training starts, not after it.
         if _nested(bundle, out):
@@ -38,7 +70,8 @@ def train(method, data, out, size, seed, holdout, options, bundle, threads, over
                             f"two separate folders")
         check_output(bundle, Kind.BUNDLE, overwrite=overwrite, inputs=[data], option="--export")
     run = run_train(method, data, out, size=size, seed=seed, holdout=holdout, options=opts, threads=threads,
-                    overwrite=overwrite)
+                    overwrite=overwrite, geometry=geometry, input_size=frame, calibration=cal, defects=defects,
+                    image_score=image_score)
     click.echo(f"run folder: {run}")
     if bundle is not None:
         from adrt.export.pipeline import export_run

@@ -92,6 +92,7 @@ def bind(ffi, lib, built_for: str) -> None:
     """
     from adrt._version import __version__
     from adrt.runtime import backend_names, load
+    from adrt.runtime.session import check_threshold
     from adrt.runtime.limits import check_threads, max_threads
 
     if __version__ != built_for:
@@ -162,11 +163,32 @@ def bind(ffi, lib, built_for: str) -> None:
         finally:
             table.release(entry)
 
+    def _read(handle, name: str, out_p) -> None:
+        entry = table.acquire(handle, "adrt_" + name)
+        try:
+            out_p[0] = getattr(entry.session, name)
+        finally:
+            table.release(entry)
+
     @guarded
     def threshold(handle, threshold_p):
-        entry = table.acquire(handle, "adrt_threshold")
+        _read(handle, "threshold", threshold_p)
+
+    @guarded
+    def pixel_threshold(handle, pixel_threshold_p):
+        _read(handle, "pixel_threshold", pixel_threshold_p)
+
+    @guarded
+    def set_thresholds(handle, threshold, pixel_threshold):
+        entry = table.acquire(handle, "adrt_set_thresholds")
         try:
-            threshold_p[0] = entry.session.threshold
+            try:
+                check_threshold("threshold", float(threshold))
+                check_threshold("pixel_threshold", float(pixel_threshold))
+            except InputError as e:
+                raise _Failure(E_ARGUMENT, f"adrt_set_thresholds: {e} (the calibrated scale; 0.5 is the "
+                                           f"bundle's threshold)") from None
+            entry.session.set_threshold(float(threshold), float(pixel_threshold))
         finally:
             table.release(entry)
 
@@ -176,8 +198,10 @@ def bind(ffi, lib, built_for: str) -> None:
         a.flags.writeable = False
         return a
 
-    def run_images(fn, handle, images, images_len, references, references_len, n, height, width, channels,
-                   maps, maps_len, scores, scores_len):
+    def _run(fn, handle, images, images_len, references, references_len, n, height, width, channels, outs):
+        """Run the images (with ``references``, one per image, for a paired bundle; None for
+        adrt_run/adrt_run_outputs); ``outs``: (name, pointer, length, per, unit) with per = "image"
+        or "pixel"."""
         shape = (n, height, width, channels)
         if min(shape) < 1:
             raise _Failure(E_ARGUMENT, f"{fn}: n, height, width, channels = {n}, {height}, {width}, "
@@ -197,30 +221,61 @@ def bind(ffi, lib, built_for: str) -> None:
             batch = view(images, need, shape)
             refs = None if references is None else view(references, need, shape)
             s.feeds(batch, refs)
-            need_maps = n * s.height * s.width
-            if maps != ffi.NULL and maps_len < need_maps:
-                raise _Failure(E_BUFFER, f"{fn}: maps_len = {maps_len}; expected at least n*H*W = "
-                                         f"{n}*{s.height}*{s.width} = {need_maps} floats")
-            if scores_len < n:
-                raise _Failure(E_BUFFER, f"{fn}: scores_len = {scores_len}; expected at least n = {n}")
+            sizes = {"image": (n, "n"), "pixel": (n * s.height * s.width, f"n*H*W = {n}*{s.height}*{s.width}")}
+            for name, ptr, length, per, unit in outs:
+                want, how = sizes[per]
+                if ptr != ffi.NULL and length < want:
+                    raise _Failure(E_BUFFER, f"{fn}: {name}_len = {length}; expected at least {how} = {want} {unit}")
             r = s.run(batch, refs)
             # The one copy: the runtime's output arrays into the caller's buffers.
-            ffi.memmove(scores, np.ascontiguousarray(r.scores, dtype=np.float32), 4 * n)
-            if maps != ffi.NULL:
-                ffi.memmove(maps, np.ascontiguousarray(r.maps, dtype=np.float32), 4 * need_maps)
+            for name, ptr, _, per, unit in outs:
+                if ptr != ffi.NULL:
+                    a = getattr(r, name)
+                    a = np.ascontiguousarray(a, dtype=np.uint8 if unit == "bytes" else np.float32)
+                    ffi.memmove(ptr, a, a.nbytes)
+        finally:
+            table.release(entry)
+
+    @guarded
+    def prepare(handle, image, image_len, height, width, channels, out, out_len):
+        if min(height, width) < 1 or channels not in (1, 3, 4):
+            raise _Failure(E_ARGUMENT, f"adrt_prepare: height, width, channels = {height}, {width}, {channels}; "
+                                       f"expected height, width ≥ 1 and 1, 3 or 4 channels")
+        need = height * width * channels
+        if image_len != need:
+            raise _Failure(E_BUFFER, f"adrt_prepare: image_len = {image_len}; expected height*width*channels = "
+                                     f"{height}*{width}*{channels} = {need}")
+        entry = table.acquire(handle, "adrt_prepare")
+        try:
+            s = entry.session
+            need_out = s.height * s.width * 3
+            if out_len < need_out:
+                raise _Failure(E_BUFFER, f"adrt_prepare: out_len = {out_len}; expected at least H*W*3 = "
+                                         f"{s.height}*{s.width}*3 = {need_out}")
+            src = np.frombuffer(ffi.buffer(image, need), dtype=np.uint8).reshape(height, width, channels)
+            ffi.memmove(out, np.ascontiguousarray(s.prepare(src)), need_out)
         finally:
             table.release(entry)
 
     @guarded
     def run(handle, images, images_len, n, height, width, channels, maps, maps_len, scores, scores_len):
-        run_images("adrt_run", handle, images, images_len, None, None, n, height, width, channels, maps,
-                   maps_len, scores, scores_len)
+        _run("adrt_run", handle, images, images_len, None, None, n, height, width, channels,
+             [("maps", maps, maps_len, "pixel", "floats"), ("scores", scores, scores_len, "image", "floats")])
 
     @guarded
     def run_pair(handle, images, images_len, references, references_len, n, height, width, channels, maps,
                  maps_len, scores, scores_len):
-        run_images("adrt_run_pair", handle, images, images_len, references, references_len, n, height, width,
-                   channels, maps, maps_len, scores, scores_len)
+        _run("adrt_run_pair", handle, images, images_len, references, references_len, n, height, width, channels,
+             [("maps", maps, maps_len, "pixel", "floats"), ("scores", scores, scores_len, "image", "floats")])
+
+    @guarded
+    def run_outputs(handle, images, images_len, n, height, width, channels, maps, maps_len, scores, scores_len,
+                    raw_maps, raw_maps_len, raw_scores, raw_scores_len, labels, labels_len, masks, masks_len):
+        _run("adrt_run_outputs", handle, images, images_len, None, None, n, height, width, channels,
+             [("maps", maps, maps_len, "pixel", "floats"), ("scores", scores, scores_len, "image", "floats"),
+              ("raw_maps", raw_maps, raw_maps_len, "pixel", "floats"),
+              ("raw_scores", raw_scores, raw_scores_len, "image", "floats"),
+              ("labels", labels, labels_len, "image", "bytes"), ("masks", masks, masks_len, "pixel", "bytes")])
 
     @guarded
     def input_count(handle, count_p):

@@ -14,4 +14,13 @@ int adrt__py_input_count(int64_t handle, int *count);
 int adrt__py_run_pair(int64_t handle, const uint8_t *images, size_t images_len, const uint8_t *references,
                       size_t references_len, int n, int height, int width, int channels, float *maps,
                       size_t maps_len, float *scores, size_t scores_len);
+int adrt__py_prepare(int64_t handle, const uint8_t *image, size_t image_len, int height, int width,
+                     int channels, uint8_t *out, size_t out_len);
+int adrt__py_pixel_threshold(int64_t handle, float *pixel_threshold);
+int adrt__py_set_thresholds(int64_t handle, float threshold, float pixel_threshold);
+int adrt__py_run_outputs(int64_t handle, const uint8_t *images, size_t images_len, int n, int height,
+                         int width, int channels, float *maps, size_t maps_len, float *scores,
+                         size_t scores_len, float *raw_maps, size_t raw_maps_len, float *raw_scores,
+                         size_t raw_scores_len, uint8_t *labels, size_t labels_len, uint8_t *masks,
+                         size_t masks_len);
 int adrt__py_close(int64_t handle);

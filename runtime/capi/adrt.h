@@ -13,8 +13,9 @@
  *     Nothing aborts the host process on bad input.
  *   - Buffers belong to the caller. Lengths are counts of elements (bytes for uint8, floats for
  *     float), never guessed from the pointers.
- *   - Images are uint8, N×H×W×C (NHWC, RGB), contiguous, at exactly the bundle's input size:
- *     resizing is the caller's job (adrt_input_size says which size).
+ *   - Images are uint8, N×H×W×C (NHWC, RGB), contiguous, at exactly the bundle's input size
+ *     (adrt_input_size; a tiled bundle's input is the full frame): adrt_prepare brings an image of
+ *     any size there by the bundle's geometry (resize or letterbox), or the caller does.
  *   - Handles are numbers, never reused: 0 is never valid, and a closed handle stays invalid
  *     (ADRT_E_HANDLE), so a stale handle cannot reach freed memory.
  *
@@ -81,8 +82,37 @@ int adrt_input_size(adrt_handle handle, int *height, int *width, int *channels);
  * `buffer` with its terminating NUL; ADRT_E_BUFFER when `size` is too small. */
 int adrt_precision(adrt_handle handle, char *buffer, size_t size);
 
-/* The calibrated score threshold: a score >= threshold means anomalous (0.5 for adrt bundles). */
+/* The handle's decision threshold on the calibrated score scale: a score >= threshold means
+ * anomalous. 0.5 (the bundle's calibrated threshold) until adrt_set_thresholds changes it. */
 int adrt_threshold(adrt_handle handle, float *threshold);
+
+/* The handle's pixel threshold on the calibrated map scale (0.5 until changed): a map value >= it
+ * marks an anomalous pixel (adrt_outputs.masks). */
+int adrt_pixel_threshold(adrt_handle handle, float *pixel_threshold);
+
+/* Set the handle's image and pixel thresholds, both on the calibrated scale and strictly between 0
+ * and 1 (0.5 = the bundle's calibrated threshold; higher flags fewer images/pixels). No re-export:
+ * the model's outputs do not change, only the labels and masks adrt_run_outputs derives from
+ * them. NaN, +-inf or a value outside (0, 1) is ADRT_E_ARGUMENT and changes nothing. Applies to the
+ * runs that start after it returns (on every thread using the handle). */
+int adrt_set_thresholds(adrt_handle handle, float threshold, float pixel_threshold);
+
+/* Where adrt_run_outputs writes. Every buffer is optional: NULL with length 0 skips that output;
+ * a buffer needs at least the length given (n*H*W for maps and masks, n for the others). */
+typedef struct adrt_outputs {
+    float *maps;          /* calibrated anomaly maps, n*H*W floats (0.5 at the bundle's threshold) */
+    size_t maps_len;
+    float *scores;        /* calibrated scores, n floats */
+    size_t scores_len;
+    float *raw_maps;      /* the method's raw maps (uncalibrated), n*H*W floats */
+    size_t raw_maps_len;
+    float *raw_scores;    /* the method's raw scores, n floats */
+    size_t raw_scores_len;
+    uint8_t *labels;      /* 1 = anomalous (score >= the handle's threshold), else 0; n bytes */
+    size_t labels_len;
+    uint8_t *masks;       /* 1 = anomalous pixel (map >= the handle's pixel threshold); n*H*W bytes */
+    size_t masks_len;
+} adrt_outputs;
 
 /* Run `n` images, uint8 n×height×width×channels in `images` (`images_len` must be exactly
  * n*height*width*channels), which must be the bundle's input size. Writes the calibrated anomaly
@@ -105,6 +135,19 @@ int adrt_input_count(adrt_handle handle, int *count);
 int adrt_run_pair(adrt_handle handle, const uint8_t *images, size_t images_len,
                   const uint8_t *references, size_t references_len, int n, int height, int width,
                   int channels, float *maps, size_t maps_len, float *scores, size_t scores_len);
+
+/* Bring one uint8 image of any size (height×width×channels, HWC: 1 = gray, 3 = RGB, 4 = RGBA with
+ * the alpha dropped) to the bundle's input by the bundle's input geometry, exactly as the Python
+ * runtime does (Session.prepare): resized (bilinear), letterboxed (aspect ratio kept, centred,
+ * padded with the recorded value) or, for a tiled bundle, resized to its full-frame size. Writes
+ * H×W×3 bytes (adrt_input_size) to `out` (`out_len` >= H*W*3), ready for adrt_run. */
+int adrt_prepare(adrt_handle handle, const uint8_t *image, size_t image_len, int height, int width,
+                 int channels, uint8_t *out, size_t out_len);
+
+/* Run `n` images as adrt_run does, writing every output `outputs` asks for (raw values, labels
+ * and masks at the handle's thresholds, besides the calibrated maps and scores). */
+int adrt_run_outputs(adrt_handle handle, const uint8_t *images, size_t images_len, int n, int height,
+                     int width, int channels, const adrt_outputs *outputs);
 
 /* Close the handle: waits for runs in flight on it, then frees its model. */
 int adrt_close(adrt_handle handle);

@@ -214,6 +214,73 @@ ADRT__API int adrt_run_pair(adrt_handle handle, const uint8_t *images, size_t im
                                           scores_len));
 }
 
+ADRT__API int adrt_prepare(adrt_handle handle, const uint8_t *image, size_t image_len, int height,
+                           int width, int channels, uint8_t *out, size_t out_len)
+{
+    int rc;
+    adrt__error[0] = '\0';
+    ADRT__REQUIRE(image, "adrt_prepare", "height*width*channels uint8 bytes (HWC; 1, 3 or 4 channels)");
+    ADRT__REQUIRE(out, "adrt_prepare", "a buffer of H*W*3 uint8 bytes (adrt_input_size)");
+    if ((rc = adrt__ready()) != ADRT_OK)
+        return rc;
+    return adrt__result(adrt__py_prepare(handle, image, image_len, height, width, channels, out, out_len));
+}
+
+ADRT__API int adrt_pixel_threshold(adrt_handle handle, float *pixel_threshold)
+{
+    int rc;
+    adrt__error[0] = '\0';
+    ADRT__REQUIRE(pixel_threshold, "adrt_pixel_threshold", "a float * to receive the pixel threshold");
+    if ((rc = adrt__ready()) != ADRT_OK)
+        return rc;
+    return adrt__result(adrt__py_pixel_threshold(handle, pixel_threshold));
+}
+
+ADRT__API int adrt_set_thresholds(adrt_handle handle, float threshold, float pixel_threshold)
+{
+    int rc;
+    adrt__error[0] = '\0';
+    if ((rc = adrt__ready()) != ADRT_OK)
+        return rc;
+    return adrt__result(adrt__py_set_thresholds(handle, threshold, pixel_threshold));
+}
+
+#define ADRT__OPTIONAL(ptr, len, what)                                                              \
+    do {                                                                                            \
+        if ((ptr) == NULL && (len) != 0)                                                            \
+            return adrt__fail(ADRT_E_NULL,                                                          \
+                              "adrt_run_outputs: outputs->%s is NULL with outputs->%s_len = %zu; "  \
+                              "expected a buffer of at least %s, or length 0 to skip it",           \
+                              #ptr, #ptr, (size_t)(len), what);                                     \
+    } while (0)
+
+ADRT__API int adrt_run_outputs(adrt_handle handle, const uint8_t *images, size_t images_len, int n,
+                               int height, int width, int channels, const adrt_outputs *outputs)
+{
+    int rc;
+    adrt__error[0] = '\0';
+    ADRT__REQUIRE(images, "adrt_run_outputs", "n*height*width*channels uint8 bytes (NHWC, RGB)");
+    ADRT__REQUIRE(outputs, "adrt_run_outputs", "an adrt_outputs naming the buffers to fill");
+    {
+        const float *maps = outputs->maps, *scores = outputs->scores, *raw_maps = outputs->raw_maps,
+                    *raw_scores = outputs->raw_scores;
+        const uint8_t *labels = outputs->labels, *masks = outputs->masks;
+        ADRT__OPTIONAL(maps, outputs->maps_len, "n*H*W floats");
+        ADRT__OPTIONAL(scores, outputs->scores_len, "n floats");
+        ADRT__OPTIONAL(raw_maps, outputs->raw_maps_len, "n*H*W floats");
+        ADRT__OPTIONAL(raw_scores, outputs->raw_scores_len, "n floats");
+        ADRT__OPTIONAL(labels, outputs->labels_len, "n bytes");
+        ADRT__OPTIONAL(masks, outputs->masks_len, "n*H*W bytes");
+    }
+    if ((rc = adrt__ready()) != ADRT_OK)
+        return rc;
+    return adrt__result(adrt__py_run_outputs(
+        handle, images, images_len, n, height, width, channels, outputs->maps, outputs->maps_len,
+        outputs->scores, outputs->scores_len, outputs->raw_maps, outputs->raw_maps_len,
+        outputs->raw_scores, outputs->raw_scores_len, outputs->labels, outputs->labels_len,
+        outputs->masks, outputs->masks_len));
+}
+
 ADRT__API int adrt_close(adrt_handle handle)
 {
     int rc;

@@ -11,9 +11,11 @@ ort = pytest.importorskip("onnxruntime")
 
 from tests.conftest import SIZE, methods  # noqa: E402
 
-# Stated tolerances: calibrated outputs (in [0, 1]) to 1e-4 absolute; raw outputs to 1e-4 relative
-# to their largest value. float32 on the same CPU; differences come from GEMM/conv summation order.
-ATOL = 1e-4
+# Stated tolerances: calibrated outputs (in [0, 1]) to 5e-4 absolute; raw outputs to 1e-4 relative
+# to their largest value. float32 on the same CPU; differences come from GEMM/conv summation order,
+# which calibration can amplify (students at batch 3 reached 1.2e-4 on one CI run). A real graph
+# bug moves calibrated outputs by 1e-2 or more.
+ATOL = 5e-4
 RTOL = 1e-4
 
 

@@ -555,6 +555,135 @@ def test_invalid_bundles_and_thread_counts_get_their_own_status_codes(capi, bund
             assert f"expected 0 (ONNX Runtime's default) or a thread count from 1 to {max_threads()}" in p.stdout
 
 
+THRESHOLDS_C = r"""
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "adrt.h"
+
+static void show(const char *name, int status)
+{
+    const char *message = "(unset)";
+    adrt_last_error(&message);
+    printf("%s\t%d\t%s\n", name, status, message);
+}
+
+int main(int argc, char **argv)
+{
+    adrt_handle h = 0;
+    int height, width, channels, i, n, status;
+    float t = 0.0f, pt = 0.0f, *maps, *raw_maps, scores[8], raw_scores[8];
+    uint8_t *images, labels[8], *masks;
+    adrt_outputs out = {0};
+    FILE *f;
+    size_t one;
+
+    if (argc != 4 || adrt_open(argv[1], NULL, 1, &h) != ADRT_OK)
+        return 2;
+    n = atoi(argv[3]);
+    adrt_input_size(h, &height, &width, &channels);
+    one = (size_t)height * width * channels;
+    images = malloc(one * n);
+    maps = malloc(sizeof(float) * height * width * n);
+    raw_maps = malloc(sizeof(float) * height * width * n);
+    masks = malloc((size_t)height * width * n);
+    f = fopen(argv[2], "rb");
+    if (!f || fread(images, 1, one * n, f) != one * n)
+        return 3;
+    fclose(f);
+    show("pixel_threshold_null", adrt_pixel_threshold(h, NULL));
+    adrt_threshold(h, &t);
+    adrt_pixel_threshold(h, &pt);
+    printf("default\t0\t%g %g\n", t, pt);
+    show("set_nan", adrt_set_thresholds(h, NAN, 0.5f));
+    show("set_zero", adrt_set_thresholds(h, 0.0f, 0.5f));
+    show("set_one", adrt_set_thresholds(h, 0.5f, 1.0f));
+    show("set_inf", adrt_set_thresholds(h, 0.5f, INFINITY));
+    show("set_negative", adrt_set_thresholds(h, -0.2f, 0.5f));
+    show("set_closed_handle", adrt_set_thresholds(999, 0.5f, 0.5f));
+    adrt_threshold(h, &t);
+    adrt_pixel_threshold(h, &pt);
+    printf("after_bad\t0\t%g %g\n", t, pt);
+    show("set_ok", adrt_set_thresholds(h, (float)atof("0.3"), (float)atof("0.7")));
+    adrt_threshold(h, &t);
+    adrt_pixel_threshold(h, &pt);
+    printf("after_set\t0\t%.9g %.9g\n", t, pt);
+    show("outputs_null", adrt_run_outputs(h, images, one * n, n, height, width, channels, NULL));
+    out.labels = labels;
+    out.labels_len = 0;
+    out.raw_scores = NULL;
+    out.raw_scores_len = 4;
+    show("outputs_null_buffer", adrt_run_outputs(h, images, one * n, n, height, width, channels, &out));
+    out.raw_scores = raw_scores;
+    out.raw_scores_len = n;
+    out.labels_len = n - 1;
+    show("outputs_short_labels", adrt_run_outputs(h, images, one * n, n, height, width, channels, &out));
+    out.labels_len = n;
+    out.maps = maps; out.maps_len = (size_t)height * width * n;
+    out.scores = scores; out.scores_len = n;
+    out.raw_maps = raw_maps; out.raw_maps_len = (size_t)height * width * n;
+    out.masks = masks; out.masks_len = (size_t)height * width * n;
+    status = adrt_run_outputs(h, images, one * n, n, height, width, channels, &out);
+    show("outputs_ok", status);
+    for (i = 0; i < n; i++) {
+        size_t j, count = 0;
+        for (j = 0; j < (size_t)height * width; j++)
+            count += masks[(size_t)i * height * width + j];
+        printf("image\t%d\t%.9g %.9g %d %zu %.9g\n", i, scores[i], raw_scores[i], labels[i], count,
+               raw_maps[(size_t)i * height * width]);
+    }
+    show("close", adrt_close(h));
+    return 0;
+}
+"""
+
+
+def test_thresholds_set_from_c_and_every_output_equal_python(capi, bundle, synth_data, tmp_path):
+    import adrt.runtime as rt
+    from adrt.data import Dataset, load_images
+
+    ds = Dataset.open(synth_data)
+    imgs = load_images([s.path for s in ds.test][:4] + [s.path for s in ds.test][-4:], SIZE, SIZE)
+    raw = tmp_path / "images.u8"
+    raw.write_bytes(imgs.tobytes())
+    exe = compile_c(capi, "thresholds", THRESHOLDS_C)
+    p = run_c(exe, bundle, raw, len(imgs))
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {}
+    for ln in p.stdout.splitlines():
+        name, status, msg = ln.split("\t", 2)
+        rows.setdefault(name, []).append((int(status), msg))
+    assert rows["pixel_threshold_null"][0] == (1, "adrt_pixel_threshold: pixel_threshold is NULL; expected a "
+                                                  "float * to receive the pixel threshold")
+    assert rows["default"][0][1] == "0.5 0.5"
+    for bad, text in (("set_nan", "threshold=nan"), ("set_zero", "threshold=0.0"), ("set_one", "pixel_threshold=1.0"),
+                      ("set_inf", "pixel_threshold=inf"), ("set_negative", "threshold=-0.2")):
+        status, msg = rows[bad][0]
+        assert status == 2 and text in msg and "expected a finite number in (0.0, 1.0)" in msg, (bad, msg)
+    assert rows["set_closed_handle"][0][0] == 3
+    assert rows["after_bad"][0][1] == "0.5 0.5"           # a refused value changes nothing
+    assert rows["set_ok"][0] == (0, "")
+    t, pt = (float(x) for x in rows["after_set"][0][1].split())
+    assert np.float32(t) == np.float32(0.3) and np.float32(pt) == np.float32(0.7)
+    assert rows["outputs_null"][0][0] == 1 and "outputs is NULL" in rows["outputs_null"][0][1]
+    assert rows["outputs_null_buffer"][0] == (1, "adrt_run_outputs: outputs->raw_scores is NULL with "
+                                                 "outputs->raw_scores_len = 4; expected a buffer of at least n floats, "
+                                                 "or length 0 to skip it")
+    assert rows["outputs_short_labels"][0] == (7, f"adrt_run_outputs: labels_len = {len(imgs) - 1}; expected at "
+                                                  f"least n = {len(imgs)} bytes")
+    assert rows["outputs_ok"][0] == (0, "")
+    with rt.load(bundle, threads=1, threshold=float(np.float32(0.3)), pixel_threshold=float(np.float32(0.7))) as s:
+        r = s.run(imgs)
+    got = [msg.split() for _, msg in rows["image"]]
+    assert len(got) == len(imgs)
+    for i, (score, raw_score, label, n_mask, raw_map0) in enumerate(got):
+        assert np.float32(score) == r.scores[i] and np.float32(raw_score) == r.raw_scores[i]
+        assert np.float32(raw_map0) == r.raw_maps[i, 0, 0]
+        assert int(label) == int(r.labels[i]) == int(r.scores[i] >= np.float32(0.3))
+        assert int(n_mask) == int(r.masks[i].sum()) == int((r.maps[i] >= np.float32(0.7)).sum())
+    assert {int(g[2]) for g in got} == {0, 1}, "pick images so that both labels occur"
+
+
 PAIR_C = r"""
 #include <stdio.h>
 #include <stdlib.h>

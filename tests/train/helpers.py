@@ -1,6 +1,9 @@
 """Shared by the method tests under tests/train: the one-thread fixture and small data helpers."""
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -52,3 +55,16 @@ def score_test_split(det, synth_data):
     with torch.inference_mode():
         out = det(x)
     return out, np.array([s.label for s in ds.test]), load_masks(ds.test, SIZE, SIZE)
+
+
+def interrupting_log(at: str, times: int):
+    """A log callback that sends SIGINT (Ctrl-C) ``times`` times when a line containing ``at`` appears."""
+    sent = []
+
+    def log(msg="", end="\n"):
+        if at in msg and len(sent) < times and end != "\r":
+            sent.append(msg)
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+    log.sent = sent
+    return log

@@ -53,7 +53,7 @@ def test_autoencoder_maps_the_image_to_the_pdn_grid_through_a_1x1_latent(image_s
 
 
 def test_hard_feature_loss_averages_only_the_top_quantile():
-    from adrt.train.efficientad.training import hard_loss
+    from adrt.train.efficientad.fit import hard_loss
 
     target = torch.zeros(1, 1, 10, 100)
     pred = torch.zeros(1, 1, 10, 100)
@@ -89,7 +89,7 @@ def test_map_is_the_quantile_normalised_mean_of_both_branches():
 
 
 def test_augmentation_changes_one_of_brightness_contrast_saturation_within_20_percent():
-    from adrt.train.efficientad.training import augment
+    from adrt.train.efficientad.fit import augment
 
     x = torch.rand(1, 3, 16, 16) * 1.6 - 0.8
     g = torch.Generator().manual_seed(0)
@@ -100,7 +100,7 @@ def test_augmentation_changes_one_of_brightness_contrast_saturation_within_20_pe
 
 
 def test_dead_leaves_are_deterministic_covering_and_varied():
-    from adrt.train.students.data import dead_leaves, load_extra
+    from adrt.train.pretrain_data import dead_leaves, load_extra
 
     a, b = dead_leaves(3, 48, 40, seed=5), dead_leaves(3, 48, 40, seed=5)
     assert a.shape == (3, 48, 40, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
@@ -117,7 +117,7 @@ def test_fit_is_reproducible_and_resumes_to_the_same_weights(synth_data, tmp_pat
     import os
     import signal
 
-    from adrt.train.efficientad.training import fit_scorer
+    from adrt.train.efficientad.fit import fit_scorer
 
     imgs = synth_images(synth_data, 10)
     ref = state(fit_scorer(tiny_cfg(), imgs, preprocess, seed=2, log=quiet))
@@ -142,7 +142,7 @@ def test_fit_is_reproducible_and_resumes_to_the_same_weights(synth_data, tmp_pat
 def test_bad_options_and_too_few_images_are_refused(synth_data, tmp_path):
     from adrt.errors import DataError
     from adrt.train.efficientad import EfficientADScorer
-    from adrt.train.efficientad.training import fit_scorer
+    from adrt.train.efficientad.fit import fit_scorer
     from adrt.train.fit import make_config, train
 
     with pytest.raises(AdrtError, match="size='l'.*s, m"):
@@ -183,3 +183,24 @@ def test_default_run_detects_synthetic_defects(runs, synth_data):
     assert image_auroc(labels, raw_score.numpy()) > 0.9
     assert pixel_auroc(masks, raw_map.numpy()) > 0.8
     assert 0 <= float(amap.min()) and float(amap.max()) <= 1
+
+
+def test_nearly_equal_quantiles_stop_training_with_a_clear_error(synth_data, monkeypatch):
+    """The 640-px case: quantiles 0.74087 / 0.74106 (spread 2.6e-4 of their size) would divide
+    noise up ~4 000×; training must stop, not write that map."""
+    from adrt.train.efficientad import EfficientAD
+    from adrt.train.efficientad.model import EfficientADScorer
+    from adrt.train.options import check_spread
+
+    check_spread("m", "x", 0.016, 0.10, "q")                 # an ordinary spread passes
+    with pytest.raises(AdrtError, match="spread of 0.00026 of their size"):
+        check_spread("m", "x", 0.74087, 0.74106, "q")
+    real = EfficientADScorer.raw_maps
+
+    def nearly_constant(self, x):
+        st, ae = real(self, x)
+        return 0.74 + 1e-6 * st, ae
+    monkeypatch.setattr(EfficientADScorer, "raw_maps", nearly_constant)
+    with pytest.raises(AdrtError, match=r"efficientad: the student-teacher map normalisation degenerates: its "
+                                        r"q_a = 0.9 and q_b = 0.995 quantiles on \d+ validation images are 0.74"):
+        EfficientAD.fit(tiny_cfg(), synth_images(synth_data, 12), preprocess, log=quiet)

@@ -15,7 +15,7 @@ from adrt.errors import AdrtError  # noqa: E402
 from adrt.train.inpaint import (InpaintConfig, InpaintScorer, check_size, mask_set, size_multiple,  # noqa: E402
                                 sliding_mask_map, with_mask_set)
 from adrt.train.inpaint.model import PartialConv2d, PartialUNet, ReconstructionError, gms, _prewitt  # noqa: E402
-from adrt.train.inpaint.training import fit_scorer, n_steps, resolve_device  # noqa: E402
+from adrt.train.inpaint.fit import fit_scorer, n_steps, resolve_device  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
 from tests.train.helpers import one_thread  # noqa: E402,F401

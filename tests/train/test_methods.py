@@ -1,6 +1,10 @@
 """Registry-wide and per-method tests of the torch detectors."""
 from __future__ import annotations
 
+import re
+from dataclasses import fields
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -19,6 +23,36 @@ def test_registry_lists_methods_and_refuses_unknown_and_duplicates():
         get_method("nope")
     with pytest.raises(AdrtError, match="already registered"):
         register("patchcore")(type("Dup", (), {}))
+
+
+def test_every_method_meets_the_protocol_and_an_incomplete_one_is_refused():
+    from adrt.train.registry import MEMBERS, check_method
+
+    for name in available():
+        cls = get_method(name)
+        assert cls.name == name and all(hasattr(cls, m) for m in MEMBERS)
+        assert set(cls.TEST_TIME_OPTIONS) <= {f.name for f in fields(cls.Config)}
+    with pytest.raises(AdrtError, match=r"method 'half' .* lacks TEST_TIME_OPTIONS, absent, fit, derive"):
+        register("half")(type("Half", (), {"Config": object, "build": staticmethod(lambda cfg: None)}))
+    assert "half" not in available()
+    with pytest.raises(AdrtError, match="TEST_TIME_OPTIONS .* are not all options"):
+        check_method("bad", type("Bad", (get_method("padim"),), {"TEST_TIME_OPTIONS": ("nope",)}))
+
+
+def test_readme_method_table_lists_the_registry():
+    """The README's table of methods has one row per registered method, no more."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = text.split("### Methods", 1)[1].split("\n\n", 2)[1]
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \|", table, flags=re.M)
+    assert sorted(rows) == available()
+
+
+def test_derive_refuses_a_method_without_test_time_options(runs, tmp_path):
+    from adrt.train.derive import derive
+
+    run, _ = runs("padim")
+    with pytest.raises(AdrtError, match="'padim' run; padim has no test-time options"):
+        derive(run, tmp_path / "d", sigma=2.0)
 
 
 def test_unknown_option_lists_valid_ones():

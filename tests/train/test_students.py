@@ -2,7 +2,6 @@
 checkpoint/resume, seeds), the validation split, single-scale runs. Tiny settings throughout."""
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
@@ -12,7 +11,8 @@ torch = pytest.importorskip("torch")
 from adrt.errors import AdrtError, DataError  # noqa: E402
 
 from tests.conftest import SIZE  # noqa: E402
-from tests.train.helpers import one_thread, preprocess, quiet, score_test_split, state, synth_images  # noqa: E402,F401
+from tests.train.helpers import (interrupting_log as _interrupting_log, one_thread, preprocess, quiet,  # noqa: E402,F401
+                                 score_test_split, state, synth_images)
 
 # A few seconds per fit on the synthetic 64×64 images.
 TINY = dict(scales=(17, 33), width=8, descriptor_dim=16, bank_size=64, teacher_steps=6, teacher_batch=8,
@@ -128,7 +128,7 @@ def test_dense_maps_use_dense_size_and_never_upsample():
 
 
 def test_correlation_loss_is_zero_for_decorrelated_and_high_for_copied_dimensions():
-    from adrt.train.students.training import correlation_loss
+    from adrt.train.students.fit import correlation_loss
 
     q, _ = torch.linalg.qr(torch.randn(64, 8))      # orthonormal columns: uncorrelated once centred
     q = q - q.mean(0)
@@ -141,7 +141,7 @@ def test_correlation_loss_is_zero_for_decorrelated_and_high_for_copied_dimension
 def test_teacher_losses_learn_on_patches(synth_data):
     """A few steps of KD + triplet + compactness lower the teacher objective on a fixed batch."""
     from adrt.train.students import PatchNet
-    from adrt.train.students.training import PretrainedDescriptor, make_bank, teacher_losses
+    from adrt.train.students.fit import PretrainedDescriptor, make_bank, teacher_losses
 
     cfg = tiny_cfg()
     x = preprocess(torch.from_numpy(synth_images(synth_data, 6)))
@@ -165,7 +165,7 @@ def test_teacher_losses_learn_on_patches(synth_data):
 
 
 def test_fit_reproducible_with_seed_and_different_across_seeds(synth_data):
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     imgs = synth_images(synth_data, 10)
     a = state(fit_scorer(tiny_cfg(), imgs, preprocess, seed=3, log=quiet))
@@ -175,21 +175,8 @@ def test_fit_reproducible_with_seed_and_different_across_seeds(synth_data):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def _interrupting_log(at: str, times: int):
-    """A log callback that sends SIGINT (Ctrl-C) ``times`` times when a line containing ``at`` appears."""
-    sent = []
-
-    def log(msg="", end="\n"):
-        if at in msg and len(sent) < times and end != "\r":
-            sent.append(msg)
-            for _ in range(times):
-                os.kill(os.getpid(), signal.SIGINT)
-    log.sent = sent
-    return log
-
-
 def test_ctrl_c_ends_the_stage_early_and_training_still_finishes(synth_data):
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     lines = []
     log = _interrupting_log("teacher p=17 step 4/", 1)
@@ -211,7 +198,7 @@ def test_ctrl_c_ends_the_stage_early_and_training_still_finishes(synth_data):
 
 
 def test_abort_saves_a_checkpoint_and_resuming_gives_the_uninterrupted_weights(synth_data, tmp_path):
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     imgs = synth_images(synth_data, 10)
     ck = tmp_path / "state.pt"
@@ -233,7 +220,7 @@ def test_abort_saves_a_checkpoint_and_resuming_gives_the_uninterrupted_weights(s
 
 
 def test_checkpoint_of_other_options_or_data_is_refused(synth_data, tmp_path):
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     imgs = synth_images(synth_data, 10)
     ck = tmp_path / "state.pt"
@@ -249,7 +236,7 @@ def test_checkpoint_of_other_options_or_data_is_refused(synth_data, tmp_path):
 
 def test_too_few_images_for_the_validation_split_says_how_many(synth_data, tmp_path):
     from adrt.train.fit import train
-    from adrt.train.students.training import fit_scorer
+    from adrt.train.students.fit import fit_scorer
 
     with pytest.raises(DataError, match=r"3 left to fit.*need at least 4 \(2 for validation"):
         fit_scorer(tiny_cfg(), synth_images(synth_data, 3), preprocess, log=quiet)

@@ -2,15 +2,14 @@
 student with the hard feature loss, autoencoder for logical anomalies, quantile-normalised maps."""
 from __future__ import annotations
 
+from adrt.train.efficientad.fit import fit_scorer
 from adrt.train.efficientad.model import AutoEncoder, EfficientADConfig, EfficientADScorer, map_size, pdn
-from adrt.train.efficientad.training import fit_scorer
-from adrt.train.registry import register
+from adrt.train.registry import MethodBase
 
 __all__ = ["EfficientAD", "EfficientADConfig", "EfficientADScorer", "AutoEncoder", "pdn", "map_size"]
 
 
-@register("efficientad")
-class EfficientAD:
+class EfficientAD(MethodBase):
     """EfficientAD-S/M (size=s|m): PDN student–teacher + autoencoder, quantile-normalised maps."""
 
     Config = EfficientADConfig

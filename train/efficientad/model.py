@@ -26,7 +26,7 @@ from torch import nn
 
 from adrt.errors import AdrtError
 from adrt.train.options import choice_opt, float_opt, int_opt
-from adrt.train.students.model import resize_to
+from adrt.train.detector import resize_to
 
 SIZES = ("s", "m")
 DEC_SIZES_256 = (3, 8, 15, 32, 63, 127)   # the paper's upsampling sizes for 256-px inputs

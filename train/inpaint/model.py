@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.trainer import check_checkpoint_options
 from adrt.train.options import float_opt, int_opt
 
 ERRORS = ("msgms", "se")
@@ -60,6 +61,8 @@ class InpaintConfig:
     lr: float = 2e-3
     device: str = "cpu"                       # training only: "cpu", "cuda" or "auto" (cuda when available)
     sigma: float = 4.0                        # Gaussian smoothing of the map (Detector)
+    checkpoint: str = ""                      # training-state file: saved as training goes; a rerun resumes from it
+    checkpoint_every: int = 100               # steps between checkpoint saves (0: only at the end of training)
 
     def __post_init__(self):
         check_config(self)
@@ -67,6 +70,7 @@ class InpaintConfig:
 
 def check_config(cfg: InpaintConfig) -> None:
     """Raise AdrtError naming the option when a value cannot work."""
+    check_checkpoint_options("inpaint", cfg)
     def ints(name, v, lo):
         if not v or any(not isinstance(c, int) or isinstance(c, bool) or c < lo for c in v):
             raise AdrtError(f"inpaint option {name}={v!r}: expected a non-empty list of integers >= {lo}")

@@ -1,22 +1,20 @@
 """MemAE (Gong et al. 2019): memory-augmented autoencoder, reconstruction-error map, optional MMD score."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from adrt.train.derive import rebuild
+from adrt.train.memae.fit import fit_scorer
+from adrt.train.memae.model import MemAEConfig, MemAENet, MemAEScorer, Memory, entropy
+from adrt.train.registry import MethodBase
 
-from adrt.train.generative.loop import check_images, to_tensor, train_network
-from adrt.train.memae.model import TEST_TIME_OPTIONS, MemAEConfig, MemAENet, MemAEScorer, Memory, check_config, entropy
-from adrt.train.registry import register
-
-__all__ = ["MemAE", "MemAEConfig", "MemAEScorer", "MemAENet", "Memory", "entropy", "TEST_TIME_OPTIONS"]
+__all__ = ["MemAE", "MemAEConfig", "MemAEScorer", "MemAENet", "Memory", "entropy"]
 
 
-@register("memae")
-class MemAE:
+class MemAE(MethodBase):
     """Memory-augmented autoencoder (Gong 2019): memory of normal prototypes, reconstruction error (or SSIM) map."""
 
     Config = MemAEConfig
-    TEST_TIME_OPTIONS = TEST_TIME_OPTIONS
+    # Options that change only the test-time graph, not the trained network (adrt.train.derive).
+    TEST_TIME_OPTIONS = ("error", "score", "mmd_kernel", "mmd_scale", "sigma")
 
     @staticmethod
     def build(cfg: MemAEConfig, pretrained: bool = False) -> MemAEScorer:
@@ -25,33 +23,8 @@ class MemAE:
 
     @staticmethod
     def fit(cfg: MemAEConfig, images, preprocess, seed: int = 0, log=print) -> MemAEScorer:
-        check_config(cfg)
-        stride = 2 ** len(cfg.channels)
-        check_images("memae", images, stride, cfg.sigma)
-        torch.manual_seed(seed)
-        scorer = MemAEScorer(cfg)
-        x_all = to_tensor(images, preprocess)
-        net = scorer.net
+        return fit_scorer(cfg, images, preprocess, seed=seed, log=log)
 
-        def loss_fn(x):
-            rec, _, wt = net(x)
-            mse = F.mse_loss(rec, x)
-            if wt is None:
-                return mse, {"mse": mse.item()}
-            ent = entropy(wt)
-            return mse + cfg.entropy_weight * ent, {"mse": mse.item(), "entropy": ent.item()}
-
-        kind = f"MemAE, memory {cfg.mem_size}×{cfg.channels[-1]}" if cfg.mem_size else "plain AE (mem_size=0)"
-        train_network(kind, net, loss_fn, x_all, iterations=cfg.iterations, epochs=cfg.epochs,
-                      batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, log=log)
-        scorer.eval()
-        with torch.no_grad():
-            z = torch.cat([net.encoder(x_all[i : i + 32]) for i in range(0, len(x_all), 32)])
-            scorer.set_reference(z, seed)
-            if net.memory is not None:
-                wt = net.memory.address(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
-                used = int((wt.amax(0) > 0).sum())
-                log(f"  memory items addressed by the training queries: {used}/{cfg.mem_size}; "
-                    f"mean non-zero weights per query {float((wt > 0).sum(1).float().mean()):.1f}")
-            scorer(x_all[:4])   # raises on a non-finite map or score
-        return scorer
+    @staticmethod
+    def derive(scorer: MemAEScorer, cfg: MemAEConfig, spec, seed: int) -> MemAEScorer:
+        return rebuild(MemAEScorer, scorer, cfg)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.trainer import check_checkpoint_options
 from adrt.train.options import float_opt
 from adrt.train.generative.heads import (ERRORS, KERNELS, MapScore, ReconError, guard_finite, kernel, kernel_scale,
                                          mmd2, sq_dists)
@@ -35,7 +36,7 @@ class MemAEConfig:
     mem_size: int = 500                 # N memory items (paper: 100 MNIST, 500 CIFAR-10, 2000 video); 0 = plain AE
     shrink: float = 0.0025              # λ of the hard shrinkage (paper: λ ∈ [1/N, 3/N]; 1.25/N at N = 500)
     entropy_weight: float = 0.0002      # α of the entropy loss on ŵ (paper: 0.0002)
-    # Test time (changeable without retraining: adrt.train.generative.with_options).
+    # Test time (changeable without retraining: MemAE.TEST_TIME_OPTIONS, adrt.train.derive).
     error: str = "se"                   # map: "se" squared error (paper), "ssim" 1 − SSIM, "l1" Σ_c |x − x̂|
     score: str = "recon"                # image score: "recon" max of the smoothed map; "mmd" MMD² of the latent vs the training latents
     mmd_kernel: str = "imq"             # "imq" C/(C + d²) or "rbf" exp(−d²/C), C = 2·dim·σ²·mmd_scale², σ² of the training latents
@@ -48,16 +49,16 @@ class MemAEConfig:
     batch_size: int = 8
     lr: float = 1e-3
     sigma: float = 4.0                  # Gaussian smoothing of the map (Detector; also the image score)
+    checkpoint: str = ""                # training-state file: saved as training goes; a rerun resumes from it
+    checkpoint_every: int = 100         # steps between checkpoint saves (0: only at the end of training)
 
     def __post_init__(self):
         check_config(self)
 
 
-TEST_TIME_OPTIONS = ("error", "score", "mmd_kernel", "mmd_scale", "sigma")
-
-
 def check_config(cfg: MemAEConfig) -> None:
     """Raise AdrtError naming the option when a value cannot work."""
+    check_checkpoint_options("memae", cfg)
     if not cfg.channels or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in cfg.channels):
         raise AdrtError(f"memae option channels={cfg.channels!r}: expected a non-empty list of integers >= 1")
     for name, lo in (("mem_size", 0), ("mmd_ref_images", 1), ("iterations", 1), ("epochs", 1), ("batch_size", 1)):

@@ -1,14 +1,14 @@
 """PaDiM: a Gaussian per feature-map position, scored by Mahalanobis distance."""
 from __future__ import annotations
 
-from adrt.train.padim.model import PaDiMConfig, PaDiMScorer, fit_gaussians
+from adrt.train.padim.model import GaussianMoments, PaDiMConfig, PaDiMScorer
 from adrt.train.features import embed_images
-from adrt.train.registry import register
+from adrt.train.registry import MethodBase
 
 
-@register("padim")
-class PaDiM:
+class PaDiM(MethodBase):
     Config = PaDiMConfig
+    streams_images = True        # fit reads its images batch by batch (adrt.train.fit.FrameTiles)
 
     @staticmethod
     def build(cfg: PaDiMConfig, pretrained: bool = False) -> PaDiMScorer:
@@ -17,10 +17,12 @@ class PaDiM:
     @staticmethod
     def fit(cfg: PaDiMConfig, images, preprocess, seed: int = 0, log=print) -> PaDiMScorer:
         scorer = PaDiMScorer(cfg, pretrained=True, seed=seed).eval()
-        feats = embed_images(scorer.features, preprocess, images,
-                             progress=lambda i, n: log(f"  features {i}/{n}", end="\r"))
+        # Streamed: each batch's features go into the per-position moments and are dropped.
+        moments = GaussianMoments()
+        embed_images(scorer.features, preprocess, images, sink=lambda f: moments.update(f[:, scorer.channel_idx]),
+                     progress=lambda i, n: log(f"  features {i}/{n}", end="\r"))
         log("")
-        mean, inv_cov, shrink = fit_gaussians(feats[:, scorer.channel_idx], cfg.eps)
+        mean, inv_cov, shrink = moments.finish(cfg.eps)
         scorer.set_gaussians(mean, inv_cov)
         log(f"  {mean.shape[0]} Gaussians of dim {mean.shape[1]}; Ledoit-Wolf shrinkage "
             f"median {shrink.median():.3f}")

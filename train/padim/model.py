@@ -58,6 +58,48 @@ class PaDiMScorer(nn.Module):
         return m2.sqrt().t().reshape(n, h, w), None
 
 
+class GaussianMoments:
+    """Streamed per-position moments of N×d×h×w feature batches: what :func:`fit_gaussians` needs
+    (mean, covariance and Ledoit–Wolf's fourth-moment term), accumulated in float64 batch by batch,
+    so memory is P·d² whatever the number of images or tiles. Values are shifted by the first
+    batch's mean (the centred moments do not change; the sums stay well conditioned)."""
+
+    def __init__(self):
+        self.n = 0
+        self.shift = self.s1 = self.s2 = self.q2 = self.q2x = self.q4 = None
+
+    @torch.no_grad()
+    def update(self, feats: torch.Tensor) -> None:
+        x = feats.flatten(2).permute(2, 0, 1).double()         # P×N×d
+        if self.shift is None:
+            self.shift = x.mean(1, keepdim=True)
+            p, _, d = x.shape
+            z = x.new_zeros
+            self.s1, self.s2, self.q2, self.q2x, self.q4 = z(p, d), z(p, d, d), z(p), z(p, d), z(p)
+        x = x - self.shift
+        sq = (x * x).sum(-1)                                   # P×N: ‖x‖²
+        self.n += x.shape[1]
+        self.s1 += x.sum(1)
+        self.s2 += x.transpose(1, 2) @ x
+        self.q2 += sq.sum(1)
+        self.q2x += (sq.unsqueeze(-1) * x).sum(1)
+        self.q4 += (sq * sq).sum(1)
+
+    def finish(self, eps: float = 0.01):
+        """Mean P×d, inverse shrunk covariance P×d×d and the shrinkage per position."""
+        n = self.n
+        m = self.s1 / n                                        # P×d (shifted mean)
+        s = self.s2 / n - m.unsqueeze(2) * m.unsqueeze(1)      # P×d×d (ML estimate)
+        # Σ_k ‖x_k − m‖⁴ from the streamed sums: with a = ‖x‖², b = x·m, c = ‖m‖²,
+        # (a − 2b + c)² = a² + 4b² + c² − 4ab + 2ac − 4bc, summed over k.
+        c = (m * m).sum(-1)
+        sum_b = (self.s1 * m).sum(-1)
+        sum_b2 = (m.unsqueeze(1) @ self.s2 @ m.unsqueeze(2)).view(-1)
+        sum_ab = (self.q2x * m).sum(-1)
+        q4c = (self.q4 + 4 * sum_b2 + n * c * c - 4 * sum_ab + 2 * c * self.q2 - 4 * c * sum_b)
+        return _shrunk_inverse(m + self.shift.squeeze(1), s, q4c, n, eps)
+
+
 @torch.no_grad()
 def fit_gaussians(feats: torch.Tensor, eps: float = 0.01):
     """Per-position mean and inverse shrunk covariance. feats: N×d×h×w.
@@ -65,16 +107,22 @@ def fit_gaussians(feats: torch.Tensor, eps: float = 0.01):
     Ledoit–Wolf: S* = (1-a)·S + a·(tr S / d)·I with a estimated from the data, then + eps·I.
     Returns mean P×d, inverse covariance P×d×d and the shrinkage a per position.
     """
-    n, d = feats.shape[:2]
+    n = feats.shape[0]
     x = feats.flatten(2).permute(2, 0, 1).double()             # P×N×d
     mean = x.mean(1)                                           # P×d
     xc = x - mean.unsqueeze(1)
     s = xc.transpose(1, 2) @ xc / n                            # P×d×d (ML estimate)
+    return _shrunk_inverse(mean, s, ((xc * xc).sum(-1) ** 2).sum(1), n, eps)
+
+
+def _shrunk_inverse(mean, s, q4c, n, eps):
+    """Ledoit–Wolf from the ML covariance ``s`` and ``q4c`` = Σ_k ‖x_k − mean‖⁴ (per position)."""
+    d = s.shape[-1]
     mu = torch.diagonal(s, dim1=1, dim2=2).sum(-1) / d         # P
     eye = torch.eye(d, dtype=s.dtype)
     d2 = ((s - mu.view(-1, 1, 1) * eye) ** 2).sum((1, 2))     # ‖S − μI‖²
     # b̄² = (1/n²) Σ_k ‖x_k x_kᵀ − S‖² = (Σ_k ‖x_k‖⁴ − n‖S‖²) / n²
-    b2 = ((xc * xc).sum(-1) ** 2).sum(1) / n**2 - (s * s).sum((1, 2)) / n
+    b2 = q4c / n**2 - (s * s).sum((1, 2)) / n
     a = (b2.clamp_min(0) / d2.clamp_min(1e-12)).clamp(0.0, 1.0)
     cov = (1 - a).view(-1, 1, 1) * s + (a * mu).view(-1, 1, 1) * eye
     # Unbiased scaling, then the paper's regulariser.

@@ -8,13 +8,12 @@ the exported graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
 
-from adrt.train.features import TapFeatures
-from adrt.train.options import backbone_channels, dims_opt, float_opt, int_opt
+from adrt.train.features import BORDERS, TapFeatures
+from adrt.train.options import backbone_channels, choice_opt, dims_opt, float_opt, int_opt
 
 
 @dataclass(frozen=True)
@@ -27,16 +26,19 @@ class PatchCoreConfig:
                                  # training patches) before the bank; 0 keeps all (lite0: 152). The paper's
                                  # code reduces dims by pooling channels: -7.6 points of image AUROC on magnetic
                                  # tile here (benchmarks/results/patchcore_dims.md)
-    coreset_ratio: float = 0.01  # fraction of training patches kept (paper: 1–25 %; 1 % loses nothing on bottle, 5× faster)
+    coreset_ratio: float = 0.01  # bank size as a fraction of ALL training patches (paper: 1–25 %; 1 % loses
+                                 # nothing on bottle, 5× faster), whatever the candidates below
     projection_dim: int = 128    # random projection used only while selecting the coreset
-    coreset_max_patches: int = 250_000  # random subsample entering the greedy search (0: all). Each
-                                        # greedy step reads every candidate once; this bounds CPU time
+    coreset_max_patches: int = 250_000  # candidates: a uniform random subsample of at most this many patches
+                                        # is what the greedy search picks the bank from (0: all); each greedy
+                                        # step reads every candidate once, so this bounds CPU time
     num_neighbors: int = 9       # b in the paper's reweighting
     bank_chunk: int = 4096       # bank rows per matmul tile in the graph: bounds memory for large banks
     sigma: float = 4.0           # Gaussian smoothing of the upsampled map
-
-    # Options a run saved before they existed was trained without (read by load_run).
-    absent: ClassVar[dict] = {"embed_dim": 0}
+    border: str = "reflect"      # what border features see (adrt.train.features.TapFeatures): "zero" (the
+                                 # backbone's zero padding; border maxima on textures), "reflect_local", "reflect"
+    coreset_cap: int = 0         # bank size cap: at most this many rows whatever coreset_ratio gives (0: none);
+                                 # what was kept is in the run's training.bank record
 
     def __post_init__(self):
         m = "patchcore"
@@ -51,6 +53,8 @@ class PatchCoreConfig:
         int_opt(m, self, "num_neighbors", 1)
         int_opt(m, self, "bank_chunk", 1)
         float_opt(m, self, "sigma", 0.0)
+        choice_opt(m, self, "border", BORDERS)
+        int_opt(m, self, "coreset_cap", 0)
 
 
 def _sq_dists(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
@@ -76,7 +80,7 @@ class PatchCoreScorer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.features = TapFeatures(cfg.backbone, cfg.tap_strides, cfg.grid_stride, local=cfg.patch_size,
-                                    pretrained=pretrained)
+                                    pretrained=pretrained, border=cfg.border)
         d = self.features.channels
         # proj (D×k): principal axes of the training patch features, set by fit; distances are
         # taken between projected features. None when all D dimensions are kept.

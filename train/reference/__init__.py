@@ -7,11 +7,10 @@ import torch
 from adrt.errors import AdrtError
 from adrt.train.features import embed_images
 from adrt.train.reference.model import ReferenceConfig, ReferenceScorer
-from adrt.train.registry import register
+from adrt.train.registry import MethodBase
 
 
-@register("reference")
-class Reference:
+class Reference(MethodBase):
     """Change detection: feature distance to a reference image within a neighbourhood, normalised."""
 
     Config = ReferenceConfig

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.detector import resize_to
 from adrt.train.options import choice_opt, float_opt, int_opt, ints_opt
 
 # Layer tables per patch size. ("c", k): k×k conv to `width` channels, then LeakyReLU; ("p",): 2×2
@@ -186,17 +187,6 @@ class PatchNet(nn.Module):
         """One descriptor per pixel: N×3×H×W → N×(copies·d)×H×W (reflect padding by p//2)."""
         r = self.p // 2
         return self(F.pad(x, (r, r, r, r), mode="reflect"), dense=True)
-
-
-def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Square resize inside the graph: average pooling for integer factors (anti-aliased, exact in
-    ONNX), bilinear otherwise; no-op at the same size."""
-    h, w = x.shape[-2:]
-    if size <= 0 or (h == size and w == size):
-        return x
-    if h % size == 0 and w % size == 0 and h // size == w // size:
-        return F.avg_pool2d(x, h // size)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 class StudentsScorer(nn.Module):

@@ -2,24 +2,21 @@
 (Šmídl, Bím, Pevný 2019) as an alternative image score."""
 from __future__ import annotations
 
-import math
+from adrt.train.derive import rebuild
+from adrt.train.registry import MethodBase
+from adrt.train.vae.fit import fit_scorer
+from adrt.train.vae.model import VAEConfig, VAENet, VAEScorer, energy, kl_divergence
 
-import torch
-
-from adrt.train.generative.loop import check_images, to_tensor, train_network
-from adrt.train.registry import register
-from adrt.train.vae.model import (TEST_TIME_OPTIONS, VAEConfig, VAENet, VAEScorer, check_config, energy,
-                                  kl_divergence)
-
-__all__ = ["VAE", "VAEConfig", "VAEScorer", "VAENet", "energy", "kl_divergence", "TEST_TIME_OPTIONS"]
+__all__ = ["VAE", "VAEConfig", "VAEScorer", "VAENet", "energy", "kl_divergence"]
 
 
-@register("vae")
-class VAE:
+class VAE(MethodBase):
     """Convolutional VAE: map from K unrolled energy-projection steps (Dehaene 2020) or reconstruction; MMD score option."""
 
     Config = VAEConfig
-    TEST_TIME_OPTIONS = TEST_TIME_OPTIONS
+    # Options that change only the test-time graph, not the trained network (adrt.train.derive).
+    TEST_TIME_OPTIONS = ("k_steps", "step_size", "lam", "grad_weight", "error", "score", "mmd_ref", "mmd_kernel",
+                         "mmd_scale", "sigma")
 
     @staticmethod
     def build(cfg: VAEConfig, pretrained: bool = False) -> VAEScorer:
@@ -28,44 +25,8 @@ class VAE:
 
     @staticmethod
     def fit(cfg: VAEConfig, images, preprocess, seed: int = 0, log=print) -> VAEScorer:
-        check_config(cfg)
-        stride = 2 ** len(cfg.channels)
-        check_images("vae", images, stride, cfg.sigma)
-        h, w = images.shape[1:3]
-        torch.manual_seed(seed)
-        scorer = VAEScorer(cfg)
-        net = scorer.net
-        x_all = to_tensor(images, preprocess)
-        n_values = x_all[0].numel()
+        return fit_scorer(cfg, images, preprocess, seed=seed, log=log)
 
-        def loss_fn(x):
-            mu, logvar = net.encode(x)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            rec = ((x - net.decode(z)) ** 2).flatten(1).sum(1).mean()
-            kl = kl_divergence(mu, logvar).mean()
-            return rec + cfg.beta * kl, {"mse": rec.item() / n_values, "kl": kl.item()}
-
-        latent = (cfg.latent_dim, h // stride, w // stride)
-        train_network(f"VAE, latent {latent[0]}×{latent[1]}×{latent[2]}", net, loss_fn, x_all,
-                      iterations=cfg.iterations, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                      seed=seed, log=log)
-        scorer.eval()
-        g = torch.Generator().manual_seed(seed + 1)
-        reps = math.ceil(cfg.mmd_ref_size / len(x_all))
-        with torch.no_grad():
-            agg = []
-            for i in range(0, len(x_all), 32):
-                mu, logvar = net.encode(x_all[i : i + 32])
-                for _ in range(reps):
-                    agg.append((mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)).flatten(1))
-            scorer.set_references(latent, torch.cat(agg), seed)
-            x0 = x_all[:8]
-            if cfg.k_steps:
-                xk = scorer.project(x0)
-                e0 = energy(net, x0, x0, cfg.beta, cfg.lam).mean()
-                ek = energy(net, xk, x0, cfg.beta, cfg.lam).mean()
-                log(f"  projection on {len(x0)} training images: energy {float(e0):.4g} -> {float(ek):.4g} in "
-                    f"{cfg.k_steps} steps (step_size {cfg.step_size}, lam {cfg.lam}); "
-                    f"mean |x0 - xK| {float((x0 - xk).abs().mean()):.4f}")
-            scorer(x0[:4])   # raises on a non-finite map or score (e.g. a step size that diverges)
-        return scorer
+    @staticmethod
+    def derive(scorer: VAEScorer, cfg: VAEConfig, spec, seed: int) -> VAEScorer:
+        return rebuild(VAEScorer, scorer, cfg)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adrt.errors import AdrtError
+from adrt.train.trainer import check_checkpoint_options
 from adrt.train.generative.heads import (ERRORS, KERNELS, MapScore, ReconError, guard_finite, kernel, kernel_scale,
                                          mmd2, sq_dists)
 
@@ -45,7 +46,7 @@ class VAEConfig:
     channels: tuple[int, ...] = (16, 32, 64, 64, 64)
     latent_dim: int = 32
     beta: float = 1.0                   # KL weight in the loss (training) and in the energy (projection)
-    # Projection (test time; changeable without retraining: adrt.train.generative.with_options).
+    # Projection (test time; changeable without retraining: VAE.TEST_TIME_OPTIONS, adrt.train.derive).
     # The paper iterates to convergence; K = 5 keeps the CPU latency (~3.3 ms per step in ONNX Runtime at
     # 128 px, 1 thread) and the export time (graph grows linearly in K) small. α and λ were set on the
     # synthetic data (stable: 2·α·|r| < 1 on the direct term for |r| ≤ 2), not tuned on real test sets.
@@ -67,17 +68,16 @@ class VAEConfig:
     batch_size: int = 8
     lr: float = 1e-3
     sigma: float = 4.0                  # Gaussian smoothing of the map (Detector; also the image score)
+    checkpoint: str = ""                # training-state file: saved as training goes; a rerun resumes from it
+    checkpoint_every: int = 100         # steps between checkpoint saves (0: only at the end of training)
 
     def __post_init__(self):
         check_config(self)
 
 
-TEST_TIME_OPTIONS = ("k_steps", "step_size", "lam", "grad_weight", "error", "score", "mmd_ref", "mmd_kernel",
-                     "mmd_scale", "sigma")
-
-
 def check_config(cfg: VAEConfig) -> None:
     """Raise AdrtError naming the option when a value cannot work."""
+    check_checkpoint_options("vae", cfg)
     if not cfg.channels or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in cfg.channels):
         raise AdrtError(f"vae option channels={cfg.channels!r}: expected a non-empty list of integers >= 1")
     for name, lo in (("latent_dim", 1), ("k_steps", 0), ("mmd_samples", 2), ("mmd_ref_size", 2),

@@ -1,10 +1,11 @@
-"""Images for the student–teacher methods besides the fit images: extra folders and procedural
-"dead leaves" images (a data-free stand-in for natural images where the papers use ImageNet)."""
+"""Images for distillation and penalties besides the fit images (``students``, ``efficientad``): extra
+folders and procedural "dead leaves" images (a data-free stand-in for natural images where the papers
+use ImageNet)."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from adrt.data import Dataset, load_images
 from adrt.errors import AdrtError
 
 DEADLEAVES = "deadleaves"
@@ -45,8 +46,6 @@ def load_extra(spec: str, height: int, width: int, seed: int, n_default: int) ->
     """Images named by ``spec``: ','-separated entries, each a dataset folder (MVTec category →
     train/good, or a folder of images) or ``deadleaves[:N]`` (N procedural images, default
     ``n_default``). Returns (uint8 N×H×W×3 or None, a description)."""
-    from adrt.data import Dataset, load_images
-
     parts, what = [], []
     for entry in [s.strip() for s in spec.split(",") if s.strip()]:
         name, _, count = entry.partition(":")
@@ -65,11 +64,3 @@ def load_extra(spec: str, height: int, width: int, seed: int, n_default: int) ->
         return None, "none"
     return np.concatenate(parts), ", ".join(what)
 
-
-@torch.no_grad()
-def to_tensor(images: np.ndarray, preprocess, size: int, batch: int = 32) -> torch.Tensor:
-    """uint8 NHWC → normalised NCHW float at ``size`` (the scorers' in-graph resize)."""
-    from adrt.train.students.model import resize_to
-
-    return torch.cat([resize_to(preprocess(torch.from_numpy(images[i : i + batch])), size)
-                      for i in range(0, len(images), batch)])

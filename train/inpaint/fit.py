@@ -1,8 +1,6 @@
-"""Training loop of the partial-convolution inpainting network (kept beside the model, not in it)."""
+"""Training of the partial-convolution inpainting network (kept beside the model, not in it): one stage
+of the shared trainer (adrt.train.trainer: progress, Ctrl-C, checkpoint/resume)."""
 from __future__ import annotations
-
-import math
-import time
 
 import numpy as np
 import torch
@@ -10,6 +8,7 @@ import torch
 from adrt.errors import AdrtError
 from adrt.train.inpaint.model import (InpaintConfig, InpaintScorer, _prewitt, check_config, check_size,
                                       msgms_map, random_masks)
+from adrt.train.trainer import Session, epoch_steps, to_tensor
 
 # Loss weights: hole L1 and valid L1 in the ratio of Liu et al. (6 : 1), plus RIAD's MSGMS term on
 # the composite (input outside the holes, output inside). Liu's perceptual/style terms need a
@@ -31,7 +30,7 @@ def resolve_device(name: str) -> torch.device:
 
 def n_steps(cfg: InpaintConfig, n_images: int) -> int:
     """Optimiser steps: ``epochs`` passes over the images, capped at ``iterations``."""
-    return max(1, min(cfg.iterations, cfg.epochs * math.ceil(n_images / cfg.batch_size)))
+    return epoch_steps(cfg.iterations, cfg.epochs, n_images, cfg.batch_size)
 
 
 def inpaint_loss(net, x: torch.Tensor, m: torch.Tensor, gms_scales: int, kernel: torch.Tensor):
@@ -57,33 +56,23 @@ def fit_scorer(cfg: InpaintConfig, images: np.ndarray, preprocess, seed: int = 0
     torch.manual_seed(seed)
     scorer = InpaintScorer(cfg)
     scorer.set_masks(h, w, seed)
-    with torch.no_grad():
-        x_all = torch.cat([preprocess(torch.from_numpy(images[i : i + 32])) for i in range(0, n, 32)]).to(device)
-    net = scorer.net.to(device).train()
+    session = Session("inpaint", cfg, images, seed, {"scorer": scorer}, log)
+    x_all = to_tensor(images, preprocess).to(device)
+    net = scorer.net.to(device)
     kernel = _prewitt().to(device)
     steps = n_steps(cfg, n)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=cfg.lr * 0.05)
-    g = torch.Generator().manual_seed(seed)
     log(f"  inpainting net {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters on {device}; "
         f"{steps} steps of {cfg.batch_size} images {h}×{w} ({steps * cfg.batch_size / n:.1f} epochs)")
-    t0, every, run_loss, run_hole, k = time.perf_counter(), max(1, steps // 10), 0.0, 0.0, 0
-    for it in range(1, steps + 1):
+
+    def step(i, g):
         x = x_all[torch.randint(n, (cfg.batch_size,), generator=g).to(device)]
         m = random_masks(cfg.batch_size, h, w, cfg.train_cells, cfg.train_n_masks, g).to(device)
         loss, l_hole = inpaint_loss(net, x, m, cfg.gms_scales, kernel)
-        l_hole = l_hole.detach()
-        if not torch.isfinite(loss):
-            raise AdrtError(f"inpaint: training diverged at step {it} (loss {loss.item()}); try a smaller lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        run_loss, run_hole, k = run_loss + loss.item(), run_hole + l_hole.item(), k + 1
-        log(f"  step {it}/{steps} loss {run_loss / k:.4f}", end="\r")
-        if it % every == 0 or it == steps:
-            log(f"  step {it}/{steps}: loss {run_loss / k:.4f} (hole L1 {run_hole / k:.4f}), "
-                f"{time.perf_counter() - t0:.0f} s")
-            run_loss, run_hole, k = 0.0, 0.0, 0
-    net.eval().cpu()
+        return loss, {"loss": loss.item(), "hole L1": l_hole.item()}
+
+    session.run("network", steps, net.parameters(), cfg.lr, 0.0, step, cosine=True, seed=seed, reseed_global=False,
+                describe=f"{cfg.batch_size} masked images")
+    net.cpu()
+    if session.stopped:
+        log(f"  inpaint: stopped early: {', '.join(session.stopped)}")
     return scorer.eval()

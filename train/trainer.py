@@ -1,13 +1,15 @@
-"""Training-loop plumbing shared by the student–teacher methods (``students``, ``efficientad``).
+"""The one trainer of every trained method (``students``, ``efficientad``, ``inpaint``, ``memae``, ``vae``).
 
-* :func:`split_validation` keeps normal images out of training for the methods' own map
-  statistics (the calibration holdout of ``adrt.train.fit`` is separate and comes on top).
 * :class:`Session` runs named *stages* of optimiser steps with progress lines, stops a stage
   early on Ctrl-C (keeping the current weights: training goes on with the next stage and then to
-  calibration; a second Ctrl-C within two seconds aborts), and, when a checkpoint file is given,
-  saves the whole training state there every ``every`` steps, at the end of every stage and on
-  abort. A later run with the same data, options and seed resumes from it and ends with the same
-  weights as an uninterrupted run.
+  calibration; a second Ctrl-C within two seconds aborts), and, when a checkpoint file is given
+  (the methods' ``checkpoint`` option), saves the whole training state there every ``every`` steps,
+  at the end of every stage and on abort. A later run with the same data, options and seed resumes
+  from it and ends with the same weights as an uninterrupted run.
+* Step counting (:func:`n_steps` for pixel-based epochs, :func:`epoch_steps` for whole-image
+  batches), :func:`split_validation` (normal images kept out of training for a method's own map
+  statistics; the calibration holdout of ``adrt.train.fit`` is separate and comes on top),
+  :func:`to_tensor` and :func:`check_size`, written once.
 
 Checkpoints are plain ``torch.save`` dicts of tensors, numbers and strings, read back with
 ``weights_only=True`` (no pickled objects), written to a temporary file and moved into place.
@@ -29,6 +31,8 @@ import numpy as np
 import torch
 
 from adrt.errors import AdrtError, DataError
+from adrt.train.detector import resize_to
+from adrt.train.options import int_opt
 
 CHECKPOINT_FORMAT = 1
 ABORT_WINDOW_S = 2.0
@@ -81,6 +85,34 @@ def sub_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{int(seed)}\0{name}".encode()).digest()[:8], "little") >> 1
 
 
+def epoch_steps(cap: int, epochs: int, n_images: int, batch: int) -> int:
+    """Optimiser steps: ``epochs`` passes over the images in batches of ``batch``, capped at ``cap``
+    (small data sets train briefly, real ones reach the cap)."""
+    return max(1, min(int(cap), int(epochs) * math.ceil(n_images / batch)))
+
+
+@torch.no_grad()
+def to_tensor(images: np.ndarray, preprocess, size: int = 0, batch: int = 32) -> torch.Tensor:
+    """uint8 NHWC → normalised NCHW float, resized to ``size`` (the scorers' in-graph resize; 0 = as is)."""
+    return torch.cat([resize_to(preprocess(torch.from_numpy(images[i : i + batch])), size)
+                      for i in range(0, len(images), batch)])
+
+
+def check_size(name: str, height: int, width: int, multiple: int) -> None:
+    """Raise AdrtError unless both sides are multiples of ``multiple`` (a network's stride-2 levels)."""
+    if height % multiple or width % multiple:
+        works = ", ".join(str(multiple * i) for i in range(1, 9) if multiple * i <= 512)
+        raise AdrtError(f"{name}: input size {height}×{width} is not a multiple of {multiple} (the network's "
+                        f"stride-2 levels); sizes that work: {works}, ...")
+
+
+def check_checkpoint_options(method: str, cfg) -> None:
+    """The ``checkpoint`` (a path or "") and ``checkpoint_every`` (steps, 0 = stage ends only) options."""
+    if not isinstance(cfg.checkpoint, str):
+        raise AdrtError(f"{method} option checkpoint={cfg.checkpoint!r}: expected a string")
+    int_opt(method, cfg, "checkpoint_every", 0)
+
+
 class _StopFlag:
     """SIGINT handler, installed only in the main thread. The first Ctrl-C asks the running stage
     to stop at the next step boundary; a second one within ABORT_WINDOW_S asks to abort there
@@ -129,13 +161,14 @@ class Session:
     """
 
     def __init__(self, method: str, cfg, images: np.ndarray, seed: int, modules: dict, log,
-                 checkpoint: str = "", every: int = 0):
+                 checkpoint: str | None = None, every: int | None = None):
         self.method = method
         self.seed = int(seed)
         self.modules = modules
         self.log = log
+        checkpoint = cfg.checkpoint if checkpoint is None else checkpoint
         self.path = Path(checkpoint) if checkpoint else None
-        self.every = int(every)
+        self.every = int(cfg.checkpoint_every if every is None else every)
         skip = {"checkpoint", "checkpoint_every"}
         self.fingerprint = json.dumps({
             "method": method, "seed": self.seed, "images": images_digest(images),
@@ -194,23 +227,31 @@ class Session:
         self.save()
 
     def run(self, name: str, steps: int, params, lr: float, weight_decay: float, step_fn: Callable,
-            lr_drop_at: float = 1.0, describe: str = "") -> None:
+            lr_drop_at: float = 1.0, describe: str = "", *, cosine: bool = False, seed: int | None = None,
+            reseed_global: bool = True) -> None:
         """``steps`` Adam steps of ``step_fn(step, gen) -> (loss tensor, {name: float})``.
 
-        ``gen`` is this stage's torch.Generator (its state, the global torch RNG state used by
-        dropout, the optimiser state and the step travel in the checkpoint). The learning rate is
-        multiplied by 0.1 from step ``lr_drop_at·steps`` on (the EfficientAD schedule; 1.0 = never).
+        ``gen`` is this stage's torch.Generator, seeded with ``seed`` (default: a sub-seed of the
+        run's seed and the stage name); the global torch RNG (dropout, ``randn_like``) is reseeded the
+        same way unless ``reseed_global`` is False. Their states, the optimiser's, the schedule's and
+        the step travel in the checkpoint. The learning rate is multiplied by 0.1 from step
+        ``lr_drop_at·steps`` on (the EfficientAD schedule; 1.0 = never), or with ``cosine`` follows a
+        cosine from ``lr`` down to ``0.05·lr`` over the stage.
         """
         if self.is_done(name):
             return
         params = [p for p in params if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         drop_step = int(lr_drop_at * steps) if lr_drop_at < 1.0 else steps + 1
-        gen = torch.Generator().manual_seed(sub_seed(self.seed, name))
-        torch.manual_seed(sub_seed(self.seed, name + "/global"))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05) if cosine else None
+        gen = torch.Generator().manual_seed(sub_seed(self.seed, name) if seed is None else int(seed))
+        if reseed_global:
+            torch.manual_seed(sub_seed(self.seed, name + "/global"))
         start = 0
         if self._resume is not None and self._resume["stage"] == name:
             opt.load_state_dict(self._resume["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(self._resume["schedule"])
             gen.set_state(self._resume["generator"])
             torch.set_rng_state(self._resume["torch_rng"])
             start = int(self._resume["step"])
@@ -220,7 +261,7 @@ class Session:
 
         def snapshot(step: int) -> dict:
             return {"stage": name, "step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state()}
+                    "torch_rng": torch.get_rng_state(), **({"schedule": sched.state_dict()} if sched else {})}
 
         self.log(f"  {name}: {steps} steps{(' of ' + describe) if describe else ''}"
                  + (f", resumed at step {start}" if start else ""))
@@ -241,8 +282,9 @@ class Session:
                     self.stopped.append(f"{name} at step {step}/{steps}")
                     self.log(f"  {name}: stopped at step {step}/{steps}; continuing with the current weights")
                     break
-                for g in opt.param_groups:
-                    g["lr"] = lr * (0.1 if step >= drop_step else 1.0)
+                if sched is None:
+                    for g in opt.param_groups:
+                        g["lr"] = lr * (0.1 if step >= drop_step else 1.0)
                 loss, parts = step_fn(step, gen)
                 if not torch.isfinite(loss):
                     raise AdrtError(f"{self.method}: {name} diverged at step {step + 1} (loss {loss.item()}); "
@@ -250,14 +292,16 @@ class Session:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 step += 1
                 k += 1
                 for key, v in parts.items():
                     sums[key] = sums.get(key, 0.0) + float(v)
                 self.log(f"  {name} {step}/{steps} loss {sums.get('loss', 0.0) / k:.4f}", end="\r")
                 if step % report_every == 0 or step == steps:
-                    avg = ", ".join(f"{key} {v / k:.4g}" for key, v in sums.items())
-                    self.log(f"  {name} step {step}/{steps}: {avg}; {time.perf_counter() - t0:.0f} s")
+                    avg = " · ".join(f"{key} {v / k:.4g}" for key, v in sums.items())
+                    self.log(f"  {name} step {step}/{steps}: {avg} ({time.perf_counter() - t0:.0f} s)")
                     sums, k = {}, 0
                 if self.every and step % self.every == 0 and step < steps:
                     self.save(snapshot(step))
@@ -267,9 +311,14 @@ class Session:
 
 
 def _load_module(module: torch.nn.Module, state: dict) -> None:
-    # Data-sized buffers start with placeholder shapes; give them the saved ones first.
+    resize_buffers(module, state)
+    module.load_state_dict(state)
+
+
+def resize_buffers(module: torch.nn.Module, state: dict) -> None:
+    """Data-sized buffers (memory bank, Gaussians, latents) start with placeholder shapes; give them
+    the shapes of ``state`` before loading it."""
     for name, buf in list(module.named_buffers()):
         if name in state and buf.shape != state[name].shape:
             owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
             setattr(owner, name.rpartition(".")[2], torch.empty_like(state[name]))
-    module.load_state_dict(state)

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from adrt.errors import AdrtError
+from adrt.train.options import check_spread
 from adrt.train.backbone import load_pretrained, tap_info, taps_for_strides
 from adrt.train.efficientad.model import EfficientADConfig, EfficientADScorer, check_config
-from adrt.train.students.loop import Session, n_steps, split_validation, sub_seed
-from adrt.train.students.data import load_extra, to_tensor
+from adrt.train.trainer import Session, n_steps, split_validation, sub_seed, to_tensor
+from adrt.train.pretrain_data import load_extra
 
 MIN_TRAIN = 2
 TARGET_STRIDES = (8, 16)
@@ -107,8 +108,7 @@ def fit_scorer(cfg: EfficientADConfig, images: np.ndarray, preprocess, seed: int
     c, n, grid = cfg.out_channels, scorer.n, cfg.image_size // 4
     x_all = to_tensor(images, preprocess, cfg.image_size)
     x_tr, x_val = x_all[tr_idx], x_all[val_idx]
-    session = Session("efficientad", cfg, images, seed, {"scorer": scorer}, log, cfg.checkpoint,
-                      cfg.checkpoint_every)
+    session = Session("efficientad", cfg, images, seed, {"scorer": scorer}, log)
     n_par = sum(p.numel() for p in scorer.parameters())
     log(f"  efficientad-{cfg.size}: {len(tr_idx)} training + {len(val_idx)} validation images at "
         f"{cfg.image_size}×{cfg.image_size}, maps {n}×{n}, C={c}, width {cfg.width}, {n_par / 1e6:.2f} M parameters")
@@ -187,9 +187,8 @@ def fit_scorer(cfg: EfficientADConfig, images: np.ndarray, preprocess, seed: int
         qs = torch.tensor([cfg.q_a, cfg.q_b])
         for buf, vals, name in ((scorer.q_st, st, "student-teacher"), (scorer.q_ae, ae, "autoencoder")):
             q = torch.quantile(vals.double(), qs.double()).float()
-            if not q[1] > q[0]:
-                raise AdrtError(f"efficientad: the {name} map is constant on the validation images "
-                                f"(q_a = q_b = {float(q[0]):.4g}); training failed")
+            check_spread("efficientad", f"{name} map", float(q[0]), float(q[1]),
+                         f"its q_a = {cfg.q_a:g} and q_b = {cfg.q_b:g} quantiles on {len(x_val)} validation images")
             buf.copy_(q)
         session.mark_done("quantiles")
     log(f"  efficientad: trained in {time.perf_counter() - t_start:.0f} s"

@@ -1,6 +1,6 @@
 """Training of Uninformed Students (kept beside the model, not in it).
 
-Per receptive field p, in this order (each a resumable stage, see ``loop.Session``):
+Per receptive field p, in this order (each a resumable stage, see ``adrt.train.trainer.Session``):
 
 1. *bank*: up to ``bank_size`` random p×p patches (8 per image) of the distillation images — the
    training images plus ``distill_data`` (default: procedural dead-leaves images, twice as many as
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from adrt.errors import AdrtError
 from adrt.train.backbone import load_pretrained, taps_for_strides
-from adrt.train.students.data import load_extra, to_tensor
-from adrt.train.students.loop import Session, n_steps, split_validation, sub_seed
+from adrt.train.pretrain_data import load_extra
+from adrt.train.trainer import Session, n_steps, split_validation, sub_seed, to_tensor
 from adrt.train.students.model import StudentsConfig, StudentsScorer, check_config
 
 MIN_TRAIN = 2          # images to train on besides the validation split
@@ -221,8 +221,7 @@ def fit_scorer(cfg: StudentsConfig, images: np.ndarray, preprocess, seed: int = 
     # Decoders exist from the start so that a checkpoint always holds the same modules.
     for p in cfg.scales:
         decoders[str(p)] = torch.nn.Linear(cfg.descriptor_dim, pretrained_dim(cfg.backbone))
-    session = Session("students", cfg, images, seed, {"scorer": scorer, "decoders": decoders}, log,
-                      cfg.checkpoint, cfg.checkpoint_every)
+    session = Session("students", cfg, images, seed, {"scorer": scorer, "decoders": decoders}, log)
     t_start = time.perf_counter()
     for k, p in enumerate(cfg.scales):
         teacher = scorer.teachers[k]
