@@ -119,3 +119,14 @@ def test_every_runtime_module_imports_without_torch_or_training_code():
 def test_layer_is_not_empty(name):
     mods, _ = graph()
     assert any(LAYERS[layer(m)][0] == name for m in mods)
+
+
+def test_every_method_folder_has_the_same_files():
+    # One shape per method: the class in __init__.py, the graph in model.py, training in fit.py, and
+    # the registry names it by module path (adrt.train.registry.BUILTIN).
+    from adrt.train.registry import BUILTIN
+
+    for name, target in BUILTIN.items():
+        folder = ROOT / "train" / target.split(":")[0].split(".")[-1]
+        missing = [f for f in ("__init__.py", "model.py", "fit.py") if not (folder / f).is_file()]
+        assert not missing, f"method {name}: {folder} lacks {missing}"

@@ -171,6 +171,9 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     if paired and geometry.tiled:
         raise AdrtError(f"{method} with a reference per image: tiling is not supported for two-input graphs "
                         f"(resize or letterbox both, or --set golden=IMG)")
+    if getattr(cfg, "golden", "") and geometry != RESIZE:
+        raise AdrtError(f"{method} with a golden image: the golden image is resized to the model's input; "
+                        f"letterbox and tile geometries are not supported with it")
     if paired and defects is not None:
         raise AdrtError(f"{method} with a reference per image: the f1 calibration (--defects) is not supported; "
                         f"use --calibration std or fpr")
