@@ -54,11 +54,12 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     for i in range(0, len(ds.test), batch_size):
         batch = load_images([s.path for s in ds.test[i : i + batch_size]], h, w, geometry)
         r = session.run(batch, None if refs is None else load_images(refs[i : i + batch_size], h, w, geometry))
-        maps.append(_frame_maps(r.raw_maps, ds.test[i : i + batch_size], h, w) if letterboxed else r.raw_maps)
+        sizes = _frame_sizes(ds.test[i : i + batch_size]) if letterboxed else None
+        maps.append(_frame_maps(r.raw_maps, sizes, h, w) if letterboxed else r.raw_maps)
         scores.append(r.raw_scores)
         calibrated.append(r.scores)
         if masks is not None:
-            m = _frame_maps(r.maps, ds.test[i : i + batch_size], h, w) if letterboxed else r.maps
+            m = _frame_maps(r.maps, sizes, h, w) if letterboxed else r.maps
             cal_maps.append(m >= session.pixel_threshold)
     seconds = time.perf_counter() - t0
     raw_maps, raw_scores = np.concatenate(maps), np.concatenate(scores)
@@ -85,12 +86,19 @@ def evaluate_session(session, data: str | os.PathLike, out: str | os.PathLike | 
     return result
 
 
-def _frame_maps(maps: np.ndarray, samples, h: int, w: int) -> np.ndarray:
-    """Letterboxed maps → the frames' content on an h×w grid (adrt.runtime.geometry.unletterbox)."""
-    from adrt.runtime.geometry import unletterbox
+def _frame_sizes(samples) -> list:
+    """(height, width) of each sample's image file, read from its header."""
     from adrt.runtime.image import read_image_size
 
-    return np.concatenate([unletterbox(m[None], *read_image_size(s.path), h, w) for m, s in zip(maps, samples)])
+    return [read_image_size(s.path) for s in samples]
+
+
+def _frame_maps(maps: np.ndarray, sizes, h: int, w: int) -> np.ndarray:
+    """Letterboxed maps → the frames' content (``sizes``: each frame's height, width) on an h×w grid
+    (adrt.runtime.geometry.unletterbox)."""
+    from adrt.runtime.geometry import unletterbox
+
+    return np.concatenate([unletterbox(m[None], *hw, h, w) for m, hw in zip(maps, sizes)])
 
 
 def at_threshold(session, labels: np.ndarray, scores: np.ndarray, masks=None, pixel_pred=None) -> dict:

@@ -184,7 +184,12 @@ class Detector(nn.Module):
     def input_names(self) -> tuple[str, ...]:
         """The graph's inputs: ``image``, and ``reference`` for a scorer that compares each image
         with a reference image given at run time (its ``paired`` attribute)."""
-        return INPUT_NAMES if getattr(self.scorer, "paired", False) else (INPUT_NAME,)
+        return INPUT_NAMES if self.paired else (INPUT_NAME,)
+
+    @property
+    def paired(self) -> bool:
+        """True when every image needs its reference image (a second graph input)."""
+        return bool(getattr(self.scorer, "paired", False))
 
     def raw(self, image: torch.Tensor, reference: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Uncalibrated map N×H×W (upsampled, smoothed) and score N. ``reference``: the uint8

@@ -167,16 +167,8 @@ def train(method: str, data: str | os.PathLike, out: str | os.PathLike, *, size:
     topk_count(image_score, spec.height * spec.width)
     calibration = _check_calibration(calibration, defects, data)
     cls = get_method(method)
-    paired = getattr(cls, "needs_references", lambda c: False)(cfg)
-    if paired and geometry.tiled:
-        raise AdrtError(f"{method} with a reference per image: tiling is not supported for two-input graphs "
-                        f"(resize or letterbox both, or --set golden=IMG)")
-    if getattr(cfg, "golden", "") and geometry != RESIZE:
-        raise AdrtError(f"{method} with a golden image: the golden image is resized to the model's input; "
-                        f"letterbox and tile geometries are not supported with it")
-    if paired and defects is not None:
-        raise AdrtError(f"{method} with a reference per image: the f1 calibration (--defects) is not supported; "
-                        f"use --calibration std or fpr")
+    paired = cls.needs_references(cfg)
+    cls.check_training(cfg, geometry, defects)       # what the method cannot take, before training starts
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[data])
     if threads:
         torch.set_num_threads(threads)
@@ -292,7 +284,7 @@ def with_geometry(det: Detector, meta: dict, geometry: Geometry, input_size: tup
     full frame of ``input_size``), recalibrated on the run's held-out frames. The model's own
     size cannot change: a tile must have the size the run was trained at."""
     model = det.model_size
-    if geometry.tiled and "reference" in det.input_names:
+    if geometry.tiled and det.paired:
         raise AdrtError("--tile: a run with a reference per image (two inputs) cannot be tiled")
     if geometry.tiled and tuple(geometry.tile) != tuple(model):
         raise AdrtError(f"--tile {geometry.tile[0]}x{geometry.tile[1]}: the run's model is {model[0]}x{model[1]}; "
@@ -324,10 +316,9 @@ def _holdout_paths(meta: dict, data=None, paired: bool = False) -> list:
 
 def _holdout_frames(det: Detector, meta: dict, data=None) -> tuple[list, np.ndarray, np.ndarray | None]:
     """The run's held-out paths, their frames at ``det``'s input, and (paired) their references' frames."""
-    paired = "reference" in det.input_names
-    hold = _holdout_paths(meta, data, paired)
+    hold = _holdout_paths(meta, data, det.paired)
     refs = None
-    if paired:
+    if det.paired:
         from adrt.runtime.pairs import find_references
 
         refs = load_frames(find_references(hold), det)
@@ -348,7 +339,7 @@ def recalibrate(run, out, calibration: CalibrationOptions | None = None, *, defe
         meta["image_score"] = image_score
     calibration = _check_calibration(calibration, defects, data if data is not None else meta["training"]["data"])
     check_output(out, Kind.RUN, overwrite=overwrite, inputs=[run])
-    if defects is not None and "reference" in det.input_names:
+    if defects is not None and det.paired:
         raise AdrtError(f"{run}: a run with a reference per image; the f1 calibration (--defects) is not supported")
     _, frames, refs = _holdout_frames(det, meta, data)
     defect_data = load_defects(defects, det.spec, det.geometry) if defects is not None else None

@@ -33,6 +33,8 @@ class Method(Protocol):
     preprocess, seed, log)``: the trained one. ``TEST_TIME_OPTIONS``: options a derived run may change
     without retraining (``adrt.train.derive``), through ``derive(scorer, cfg, spec, seed)``.
     ``absent``: options newer than some saved runs, with the value those runs were trained without.
+    ``needs_references(cfg)``: every image comes with a reference image (two graph inputs);
+    ``check_training(cfg, geometry, defects)``: refuses what the method cannot train with.
     :class:`MethodBase` gives the defaults (no test-time options, nothing absent).
     """
 
@@ -50,8 +52,14 @@ class Method(Protocol):
     @staticmethod
     def derive(scorer, cfg, spec, seed: int): ...
 
+    @staticmethod
+    def needs_references(cfg) -> bool: ...
 
-MEMBERS = ("Config", "TEST_TIME_OPTIONS", "absent", "build", "fit", "derive")
+    @staticmethod
+    def check_training(cfg, geometry, defects) -> None: ...
+
+
+MEMBERS = ("Config", "TEST_TIME_OPTIONS", "absent", "build", "fit", "derive", "needs_references", "check_training")
 
 
 class MethodBase:
@@ -63,6 +71,15 @@ class MethodBase:
     @staticmethod
     def derive(scorer, cfg, spec, seed: int):
         raise AdrtError("this method has no test-time options: a derived run would equal its source")
+
+    @staticmethod
+    def needs_references(cfg) -> bool:
+        """True when every image comes with its own reference image (a two-input graph)."""
+        return False
+
+    @staticmethod
+    def check_training(cfg, geometry, defects) -> None:
+        """Raise AdrtError for an input geometry or calibration the method cannot train with."""
 
 
 _METHODS: dict[str, type] = {}

@@ -162,7 +162,7 @@ def _run_demo(out: Path, method: str, size: int) -> None:
     from adrt.train.fit import train as run_train
     from adrt.train.registry import get_method
 
-    if getattr(get_method(method), "needs_references", lambda cfg: False)(make_config(method)):
+    if get_method(method).needs_references(make_config(method)):
         from adrt.synth_pairs import make_pairs      # a method that compares each image with a reference
 
         data = make_pairs(out / "data", size=size, n_train=60, n_test_good=10, n_test_change=10, designs=4,
