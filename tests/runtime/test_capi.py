@@ -21,18 +21,21 @@ from tests.conftest import SIZE
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
 
-ERRORS_C = r"""
-#include <stdio.h>
-#include <string.h>
-#include "adrt.h"
-
-static void show(const char *name, int status)
+# Every C test program prints each call as: name, status, adrt_last_error's message (tab-separated).
+SHOW_C = r"""static void show(const char *name, int status)
 {
     const char *message = "(unset)";
     adrt_last_error(&message);
     printf("%s\t%d\t%s\n", name, status, message);
 }
+"""
 
+ERRORS_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include "adrt.h"
+
+""" + SHOW_C + r"""
 int main(int argc, char **argv)
 {
     static uint8_t img[2 * 65 * 64 * 4];
@@ -561,13 +564,7 @@ THRESHOLDS_C = r"""
 #include <stdlib.h>
 #include "adrt.h"
 
-static void show(const char *name, int status)
-{
-    const char *message = "(unset)";
-    adrt_last_error(&message);
-    printf("%s\t%d\t%s\n", name, status, message);
-}
-
+""" + SHOW_C + r"""
 int main(int argc, char **argv)
 {
     adrt_handle h = 0;
@@ -691,13 +688,7 @@ PAIR_C = r"""
 
 /* argv: bundle, n, images file, references file. Prints the input count, then per image its score;
  * then the status of adrt_run on this bundle (which takes two buffers) and of bad pair calls. */
-static void show(const char *name, int status)
-{
-    const char *message = "";
-    adrt_last_error(&message);
-    printf("%s\t%d\t%s\n", name, status, message);
-}
-
+""" + SHOW_C + r"""
 int main(int argc, char **argv)
 {
     adrt_handle h;
