@@ -159,3 +159,50 @@ def test_cli_folder_of_categories(tmp_path, local_ray):
     r = CliRunner().invoke(main, [str(a) for a in args[:-3]] + ["--set", "n_features=x", "--overwrite"])
     assert r.exit_code == 1 and "1 of 1 products failed (only)" in r.output
     assert "n_features='x': expected a value like" in (out / "results.md").read_text()
+
+
+HEAD = """import sys, ray
+ctx = ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
+               object_store_memory=128 << 20)
+print(ctx.address_info["gcs_address"], flush=True)
+sys.stdin.readline()
+ray.shutdown()
+"""
+
+
+@pytest.mark.cluster
+def test_cli_address_joins_an_existing_cluster(tmp_path):
+    """--address: the tasks go to a Ray cluster started elsewhere (another process, 1 CPU), which
+    outlives the call; --local-cpus with --address is refused."""
+    import subprocess
+
+    pytest.importorskip("ray", reason="needs Ray: pip install 'adrt[cluster]'")
+    pytest.importorskip("torch")
+    cats = tmp_path / "cats"
+    tiny(cats, "only", 0)
+    args = ["train-many", cats, "--out", tmp_path / "out", "--method", "padim", "--size", 32, "--set",
+            "n_features=10", "--no-eval"]
+    r = CliRunner().invoke(main, [str(a) for a in args] + ["--address", "auto", "--local-cpus", "2"])
+    assert r.exit_code == 2 and "--local-cpus/--local-gpus size a local Ray" in r.output
+    # Ray >= 2.5x asks other processes for a token unless auth is off; both sides run without it here.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the Ray head did not start"
+        run = subprocess.run([sys.executable, "-m", "adrt.cli", *map(str, args), "--address", address],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "| only | padim | ok |" in run.stdout and "[1/1] only: ok" in run.stderr
+        saved = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert saved["ray"] == {"address": address, "resources": {"CPU": 1.0}}
+        assert head.poll() is None  # the cluster is not this call's to stop
+    finally:
+        head.stdin.write("\n")
+        head.stdin.flush()
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
