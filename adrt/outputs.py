@@ -127,6 +127,20 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def check_parent(out: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse ``out`` up front when the folder that would hold it cannot be made: its nearest
+    existing ancestor is a file (``--out notes.txt/run``) or not writable. Creates nothing."""
+    out = Path(out)
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{option} {out}: cannot create its folder, {ancestor} is not a folder (expected a path "
+                          f"whose existing part is a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {out}: cannot create it, the folder {ancestor} is not writable")
+
+
 def check_output(out: str | os.PathLike, kind: Kind, *, overwrite: bool = False,
                  inputs: Iterable[str | os.PathLike] = (), option: str = "--out") -> Path:
     """Refuse ``out`` before any work is done, unless it can be written under the rules above.
@@ -147,6 +161,7 @@ def check_output(out: str | os.PathLike, kind: Kind, *, overwrite: bool = False,
         what = "is a symbolic link" if out.is_symlink() else "exists and is not a folder"
         raise OutputError(f"{option} {out} {what}; expected a new or empty folder, or a {kind.value} to "
                           f"replace with --overwrite")
+    check_parent(out, option)
     if not out.exists() or not any(out.iterdir()):
         return out
     if not recognise(out, kind):
@@ -193,7 +208,10 @@ def staged_folder(out: str | os.PathLike, kind: Kind, *, overwrite: bool = False
         tmp = _sibling(out, _TMP_TAG)
         os.mkdir(tmp)
     except OSError as e:
-        raise write_error(e, out) from None
+        # Whatever stops the folder from being made is the environment's (a file on the path, a
+        # read-only or pseudo file system), not a bug: one OutputError naming the path.
+        raise OutputError(f"{option} {out}: cannot create it ({e.strerror or e}"
+                          f"{': ' + str(e.filename) if e.filename else ''}); nothing was replaced") from None
     try:
         try:
             yield tmp
@@ -264,6 +282,7 @@ def check_output_file(out: str | os.PathLike, *, overwrite: bool = False, looks_
             raise OutputError(f"{option} {out} is (or contains) the input {given}; choose another {option}")
     if out.is_dir():
         raise OutputError(f"{option} {out} is a folder; expected a file name for the {what}")
+    check_parent(out, option)
     if out.exists():
         if not out.is_file() or not looks_ours(out):
             raise OutputError(f"{option} {out} exists and is not a {what} written by adrt; refusing to replace it")
@@ -282,5 +301,5 @@ def ensure_parent(path: Path, option: str = "--out") -> None:
         raise OutputError(f"{option} {path}: its folder {path.parent} is not writable")
 
 
-__all__ = ["DEMO_MARKER", "Kind", "SYNTH_MARKER", "check_output", "check_output_file", "ensure_parent",
-           "make_folder", "recognise", "staged_folder", "write_bytes_atomic", "write_error"]
+__all__ = ["DEMO_MARKER", "Kind", "SYNTH_MARKER", "check_output", "check_output_file", "check_parent",
+           "ensure_parent", "make_folder", "recognise", "staged_folder", "write_bytes_atomic", "write_error"]

@@ -65,7 +65,7 @@ def bench_command(args, extra: list[str]) -> list[str]:
             if (run / "detector.json").is_file():
                 cmd += ["--torch-run", f"{b}={run}"]
     cmd += ["--runs", str(args.runs), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
-            "--batch", str(args.batch), "--out", str(args.out)]
+            "--batch", str(args.batch), "--out", str(args.out), "--overwrite"]
     if args.compare:
         cmd += ["--compare", str(args.compare)]
     return cmd + extra

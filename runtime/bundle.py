@@ -161,6 +161,12 @@ def _check_zip(path: Path, infos: list) -> None:
                 info.file_size > limits.MAX_ZIP_RATIO * max(info.compress_size, 1):
             raise BundleError(f"{path}: member {name!r} expands {info.compress_size} bytes to {info.file_size} "
                               f"(more than {limits.MAX_ZIP_RATIO}:1); refusing a likely zip bomb")
+    # The whole zip too: many members each below ZIP_RATIO_MIN_BYTES (1000 × 1 MiB of zeros, ~1 MB
+    # zipped) pass the per-member check but still expand ~1000:1.
+    packed = sum(info.compress_size for info in infos)
+    if total > limits.ZIP_RATIO_MIN_BYTES and total > limits.MAX_ZIP_RATIO * max(packed, 1):
+        raise BundleError(f"{path}: its {len(infos)} members expand {packed} bytes to {total} (more than "
+                          f"{limits.MAX_ZIP_RATIO}:1); refusing a likely zip bomb")
 
 
 def _extract(z: zipfile.ZipFile, infos: list, dest: Path, path: Path) -> None:

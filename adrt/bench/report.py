@@ -83,11 +83,35 @@ def compare(new: dict, old: dict, threshold: float = 0.10, against: str | None =
             "same_protocol": old.get("settings", {}).get("protocol") == new.get("settings", {}).get("protocol")}
 
 
+def report_paths(out) -> list[Path]:
+    """The files a report at ``out`` is written to: ``out`` with suffixes .json, .md and .html."""
+    out = Path(out)
+    return [out.with_suffix(".json"), out.with_suffix(".md"), out.with_suffix(".html")]
+
+
+def looks_like_report(path: Path) -> bool:
+    """A file :func:`write_report` wrote: the JSON of format ``adrt-bench``, its Markdown or its HTML."""
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            if path.stat().st_size > 64 << 20:
+                return False
+            data = json.loads(path.read_text())
+            return isinstance(data, dict) and data.get("format") == FORMAT
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if path.suffix == ".md":
+        return head.startswith("# adrt bench:")
+    return path.suffix == ".html" and head.startswith("<!doctype html>") and "<title>adrt bench</title>" in head
+
+
 def write_report(report: dict, out) -> list[Path]:
     """Write ``out`` with suffixes .json, .md and .html (any suffix of ``out`` is replaced)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".json"), out.with_suffix(".md"), out.with_suffix(".html")]
+    paths = report_paths(out)
     # Each file whole or not at all (a full disk leaves the previous report, not half of one).
     write_bytes_atomic(paths[0], json.dumps(report, indent=1))
     write_bytes_atomic(paths[1], to_markdown(report) + "\n")

@@ -199,7 +199,9 @@ def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, back
               help="Profiled runs for the in-graph pre/model/post split (ORT CPU); 0 skips it.")
 @click.option("--no-gemm", is_flag=True, help="Skip the numpy GEMM reference (no achieved-vs-GEMM fraction).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Report path: writes OUT.json, OUT.md and OUT.html.")
+              help="Report path: writes OUT.json, OUT.md and OUT.html (existing ones only with --overwrite, and "
+                   "only when they are adrt bench reports).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report at --out (never any other file).")
 @click.option("--compare", "compare_to", type=click.Path(path_type=Path), default=None,
               help="An earlier report (.json from --out) to compare with: ratios and flagged regressions.")
 @click.option("--regression-threshold", type=click.FloatRange(min=0), default=0.10, show_default=True,
@@ -208,13 +210,20 @@ def infer(bundle, inputs, out, overlays, batch_size, max_pixels, overwrite, back
 @click.option("--fail-on-regression", is_flag=True, help="With --compare: exit with status 1 on any regression.")
 @click.pass_context
 def bench_cmd(ctx, bundles, backends, threads, precisions, torch_runs, no_torch, torch_devices, runs, warmup, rounds,
-              batch, frame, profile_runs, no_gemm, out, compare_to, regression_threshold, fail_on_regression):
+              batch, frame, profile_runs, no_gemm, out, overwrite, compare_to, regression_threshold,
+              fail_on_regression):
     """Latency, throughput, memory and FLOPs of BUNDLES per backend, precision and thread count, interleaved."""
     from adrt.bench.harness import bench_many
     from adrt.bench.plan import pair_torch_runs, parse_frame, recorded_torch_runs
-    from adrt.bench.report import compare, load_report, write_report
+    from adrt.bench.report import compare, load_report, looks_like_report, report_paths, write_report
     from adrt.bench.report_md import to_markdown
+    from adrt.outputs import check_output_file, ensure_parent
 
+    if out is not None:        # the report's three files are checked before the long run, not after it
+        for path in report_paths(out):
+            check_output_file(path, overwrite=overwrite, looks_ours=looks_like_report, what="bench report",
+                              inputs=bundles)
+        ensure_parent(out)
     old = load_report(compare_to) if compare_to is not None else None   # a bad file fails before the long run
     paired = pair_torch_runs(bundles, torch_runs)
     if not no_torch:

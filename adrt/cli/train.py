@@ -130,10 +130,11 @@ def demo(out, method, size):
 def _demo_folder(out: Path, ours: bool) -> Path | None:
     """Make ``out`` ready for the demo: new, empty, or a demo folder (moved aside, returned)."""
     from adrt.errors import OutputError
-    from adrt.outputs import DEMO_MARKER, make_folder
+    from adrt.outputs import DEMO_MARKER, check_parent, make_folder
 
     if out.exists() and (not out.is_dir() or out.is_symlink()):
         raise OutputError(f"--out {out} exists and is not a folder; choose another --out")
+    check_parent(out)
     aside = None
     if out.is_dir() and any(out.iterdir()):
         if not ours:

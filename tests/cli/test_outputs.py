@@ -137,6 +137,46 @@ def test_eval_and_infer_outputs_are_never_a_foreign_folder(runs, synth_data, tmp
     assert len(list(ov.iterdir())) == 4
 
 
+FAST_BENCH = ("--runs", 2, "--warmup", 0, "--rounds", 1, "--batch", 2, "--no-gemm", "--profile-runs", 0, "--no-torch")
+
+
+def test_bench_replaces_only_its_own_reports_and_checks_them_before_the_run(runs, tmp_path, foreign):
+    _, b = runs("padim")
+    (foreign / "notes.md").write_text("my notes")
+    before = _tree(foreign)
+    for extra in ((), ("--overwrite",)):
+        # One line: refused before the benchmark ran (its tables would be printed first).
+        r = cli("bench", b, *FAST_BENCH, "--out", foreign / "notes", *extra)
+        _one_line_error(r, f"{foreign / 'notes.md'} exists and is not a bench report written by adrt")
+    assert _tree(foreign) == before                        # before: notes.md replaced by the report, exit 0
+    rep = tmp_path / "rep"
+    assert cli("bench", b, *FAST_BENCH, "--out", rep).exit_code == 0
+    first = _tree(tmp_path)
+    _one_line_error(cli("bench", b, *FAST_BENCH, "--out", rep), "exists; pass --overwrite")
+    assert _tree(tmp_path) == first
+    r = cli("bench", b, *FAST_BENCH, "--out", rep, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_folder", "rep.html", "rep.json", "rep.md"]
+
+
+@pytest.mark.parametrize("command", ["train", "export", "eval", "infer-overlays", "bench", "synth", "demo"])
+def test_an_output_below_a_file_is_refused_in_one_line_before_the_work(runs, synth_data, foreign, command):
+    pytest.importorskip("torch")
+    run, b = runs("padim")
+    out = foreign / "thesis.tex" / "x"
+    args = {"train": ("train", "padim", "--data", synth_data, "--out", out, "--size", SIZE),
+            "export": ("export", run, "--out", out),
+            "eval": ("eval", b, "--data", synth_data, "--out", out),
+            "infer-overlays": ("infer", b, synth_data / "test" / "good", "--overlays", out),
+            "bench": ("bench", b, *FAST_BENCH, "--out", out),
+            "synth": ("synth", out, "--train", 1, "--size", 16),
+            "demo": ("demo", "--out", out, "--method", "padim")}[command]
+    r = cli(*args)                          # before: "unexpected FileExistsError", after training or benchmarking
+    _one_line_error(r, f"cannot create its folder, {foreign / 'thesis.tex'} is not a folder")
+    assert f"{out}" in r.output
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+
+
 def test_synth_replaces_only_its_own_datasets(tmp_path, foreign):
     before = _tree(foreign)
     _one_line_error(cli("synth", foreign, "--train", 2, "--overwrite"), "does not recognise as a synthetic dataset")

@@ -358,6 +358,19 @@ def test_a_zip_bomb_is_refused_before_extraction(tmp_path, private_tmp):
     assert list(private_tmp.iterdir()) == []
 
 
+def test_a_zip_bomb_of_many_small_members_is_refused_before_extraction(tmp_path, private_tmp):
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as f:
+        f.writestr("manifest.json", "{}")
+        for i in range(200):                                   # each below the per-member ratio check's 1 MiB
+            f.writestr(f"m{i:03d}.bin", b"\0" * (512 << 10))
+    assert z.stat().st_size < 300_000
+    t0 = time.perf_counter()
+    with pytest.raises(BundleError, match=r"its 201 members expand \d+ bytes to 104857602 \(more than 100:1\)"):
+        _load(z)                                  # before: 100 MiB extracted, then "not an adrt bundle manifest"
+    assert time.perf_counter() - t0 < 2 and list(private_tmp.iterdir()) == []
+
+
 def test_zip_total_size_and_member_count_are_bounded(bundle, tmp_path, private_tmp, monkeypatch):
     from adrt.runtime import limits
 
