@@ -24,6 +24,12 @@ class DlaOptions:
             raise InputError(f"DLA core must be 0 or more, got {self.core}")
 
 
+def has_dla(version: str) -> bool:
+    """Whether TensorRT ``version`` ("8.6.1", "10.3.0", "11.4.1") builds for DLA on Jetson."""
+    v = tuple([int(x) if x.isdigit() else 0 for x in str(version).split(".")] + [0, 0, 0])
+    return not (v[0] == 9 or (v[0] == 10 and v[:2] > DLA_LAST_10X) or (v[0] == 11 and v[:3] < (11, 4, 1)))
+
+
 def check_dla_request(dla: DlaOptions, precision: str, profile, version: str) -> None:
     """Refuse, with the reason, what DLA cannot do: fp32, a dynamic batch, a TensorRT without DLA."""
     if precision == "fp32":
@@ -31,8 +37,7 @@ def check_dla_request(dla: DlaOptions, precision: str, profile, version: str) ->
     if not profile.min == profile.opt == profile.max:
         raise InputError(f"DLA needs a static batch (min = opt = max), got {profile.min}/{profile.opt}/{profile.max}; "
                          f"e.g. --min-batch {profile.opt} --opt-batch {profile.opt} --max-batch {profile.opt}")
-    v = tuple([int(x) if x.isdigit() else 0 for x in str(version).split(".")] + [0, 0, 0])
-    if v[0] == 9 or (v[0] == 10 and v[:2] > DLA_LAST_10X) or (v[0] == 11 and v[:3] < (11, 4, 1)):
+    if not has_dla(version):
         raise BackendError(f"TensorRT {version} has no DLA on Jetson (NVIDIA: 10.7 was the last 10.x release with DLA; "
                            f"11.0-11.4.0 have none on JetPack); build with TensorRT 8.6 or 10.0-10.7 "
                            f"(or 11.4.1+ on JetPack 7.2.2+)")

@@ -349,7 +349,7 @@ def _build_checked(b, precision, profile, workspace_mib, timing_cache, device, c
 
         require_conformance(onnx_path, target_for_version(version), dla=dla is not None,
                             gpu_fallback=bool(dla and dla.gpu_fallback), precision=precision,
-                            profile=(profile.min, profile.opt, profile.max))
+                            profile=(profile.min, profile.opt, profile.max), trt_version=version)
     spec = b.input
     h, w, c = int(spec["height"]), int(spec["width"]), int(spec["channels"])
     cuda = cuda or open_cuda(device)

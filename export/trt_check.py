@@ -130,11 +130,13 @@ def _name(node, i: int) -> str:
 
 
 def check_model(model, target: str = "latest", *, dla: bool = False, gpu_fallback: bool = False,
-                precision: str | None = None, profile: tuple | None = None) -> list:
+                precision: str | None = None, profile: tuple | None = None, trt_version: str | None = None) -> list:
     """Violations of ``target``'s rules by ``model`` (an onnx ModelProto or a path).
 
     ``dla``: also the DLA rules, for a model of ``precision`` built with batch ``profile``
     (min, opt, max); without ``gpu_fallback`` a layer DLA cannot run is fatal, with it a note.
+    ``trt_version``: the installed TensorRT (``adrt build-engine``), which decides whether there is
+    DLA at all; without it, the target's version does (``latest``, 10.15: none).
     """
     onnx = import_onnx()
     if isinstance(model, (str, os.PathLike)):
@@ -156,7 +158,7 @@ def check_model(model, target: str = "latest", *, dla: bool = False, gpu_fallbac
         _check_op(node, name, g, t, add)
     _check_uint8(model, g, add)
     if dla:
-        _check_dla(model, g, t, precision, profile, gpu_fallback, add)
+        _check_dla(model, g, t, precision, profile, gpu_fallback, add, trt_version)
     return out
 
 
@@ -296,7 +298,7 @@ def _dla_precision(node, g) -> str:
     return {"FP16": "fp16", "INT8": "int8"}.get(ty or "", "fp32")
 
 
-def _check_dla(model, g, t, precision, profile, gpu_fallback, add) -> None:
+def _check_dla(model, g, t, precision, profile, gpu_fallback, add, trt_version=None) -> None:
     if precision not in ("fp16", "int8"):
         add("dla-precision", "graph", "-", f"a {precision or 'fp32'} model; DLA runs fp16 or int8 only")
     if profile is not None:
@@ -309,9 +311,13 @@ def _check_dla(model, g, t, precision, profile, gpu_fallback, add) -> None:
         dims = g.shapes.get(inp.name, [])[1:]
         if any(d and d > R.DLA_MAX_DIM for d in dims):
             add("dla-shape", "graph", "-", f"input {inp.name!r} dimensions {dims} exceed {R.DLA_MAX_DIM}")
-    if t.key == "latest":
-        add("dla-version", "graph", "-", f"TensorRT {t.tensorrt} has no DLA (10.7 was the last 10.x release with "
-                                         "DLA); build DLA engines with TensorRT 8.6 or 10.0-10.7")
+    from adrt.export.dla import has_dla
+
+    version = trt_version or t.tensorrt
+    if not has_dla(version):
+        add("dla-version", "graph", "-", f"TensorRT {version} has no DLA (10.7 was the last 10.x release with DLA; "
+                                         "11.0-11.4.0 have none on JetPack); build DLA engines with TensorRT 8.6 or "
+                                         "10.0-10.7 (or 11.4.1+ on JetPack 7.2.2+)")
     if not t.dla_explicit_quantization and any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
                                                for n in model.graph.node):
         add("dla-qdq", "graph", "-", f"a Q/DQ (explicitly quantised) graph; TensorRT {t.tensorrt} DLA takes none")

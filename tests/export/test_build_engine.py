@@ -169,6 +169,20 @@ def test_dla_refusals_are_clear_and_leave_the_bundle_alone(monkeypatch, bundle, 
     assert _state(bundle) == before
 
 
+def test_dla_on_a_tensorrt_11_with_dla_passes_the_conformance_check(monkeypatch, bundle):
+    """11.4.1+ has DLA again (check_dla_request lets it through): the conformance check, which uses
+    the latest rules for 11.x, must not refuse it for having no DLA; 11.4.0 is refused up front."""
+    gpu = trt_fakes.FakeGPU(name="Orin", capability=(8, 7), dla_cores=2)
+    _, trt, _ = trt_fakes.install(monkeypatch, 11, "pycuda", gpu=gpu, version="11.4.1")
+    from adrt.export.engine import DlaOptions
+
+    rec = _build(bundle, "fp16", profile=(1, 1, 1), dla=DlaOptions(0, gpu_fallback=True))
+    assert rec["file"].endswith("-fp16-dla0.plan") and "DLA_core:0" in trt.calls
+    trt_fakes.install(monkeypatch, 11, "pycuda", gpu=gpu, version="11.4.0")
+    with pytest.raises(BackendError, match="TensorRT 11.4.0 has no DLA"):
+        _build(bundle, "fp16", profile=(1, 1, 1), dla=DlaOptions(0, gpu_fallback=True))
+
+
 def test_cli_build_engine_dla_flags(monkeypatch, bundle):
     from click.testing import CliRunner
 

@@ -188,6 +188,12 @@ def test_dla_rules():
                                                gpu_fallback=True)
     assert ("dla-version", "graph") not in _rules(m16, "8.6", dla=True, precision="fp16", profile=(1, 1, 1),
                                                    gpu_fallback=True)
+    # The installed TensorRT decides (build-engine): 10.8-11.4.0 have none, 11.4.1+ has DLA again, as
+    # adrt.export.dla.check_dla_request says; 11.x is checked with the latest rules.
+    for version, has in (("10.3.0", True), ("10.8.0", False), ("11.4.0", False), ("11.4.1", True)):
+        found = _rules(m16, "latest", dla=True, precision="fp16", profile=(1, 1, 1), gpu_fallback=True,
+                       trt_version=version)
+        assert (("dla-version", "graph") not in found) == has, (version, found)
     m32 = _model([conv], [_x((1, 3, 8, 8))], [_vi("c", F32, None)], [w])
     assert ("dla-precision", "graph") in _rules(m32, "10", dla=True, precision="fp32", gpu_fallback=True)
     wide = _model([helper.make_node("Cast", ["x"], ["xh"], to=TP.FLOAT16, name="to16"),
@@ -272,6 +278,25 @@ def test_cli_check_lists_violations_and_exits_1(runs, tmp_path):
     doc = json.loads(r.output)
     assert {"dla-precision", "dla-layer"} <= {v["rule"] for v in doc["10"]["fp32"]}
     assert all(v["node"] and v["op"] and v["source"] for v in doc["10"]["fp32"])
+
+
+def test_export_warns_with_the_list_and_records_the_counts(runs, tmp_path):
+    """`adrt export` runs the check: without the opset-17 copies (--no-trt86) TensorRT 8.6 gets the
+    opset-18 graph, and export warns, naming node, rule and source, and records the count."""
+    from click.testing import CliRunner
+
+    from adrt.cli import main
+
+    run = runs("padim")[0]
+    r = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "b"), "--no-trt86"])
+    assert r.exit_code == 0, r.output
+    assert "warning: TensorRT's ONNX parser would refuse or misread parts of this bundle" in r.output
+    assert "TensorRT 8.6: fp32: " in r.output and "[rule opset; onnx/onnx-tensorrt 8.6-GA" in r.output
+    assert "TensorRT 10" not in r.output                 # only the targets with violations are listed
+    counts = json.loads((tmp_path / "b" / "manifest.json").read_text())["export"]["tensorrt_check"]
+    assert counts["8.6"]["fp32"] > 0 and counts["10"] == {"fp32": 0} and counts["latest"] == {"fp32": 0}
+    r = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
 
 
 def test_check_and_build_engine_modules_need_no_torch():
