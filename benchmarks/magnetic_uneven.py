@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from _results import write_report  # benchmarks/_results.py (this folder is on sys.path)
+from tiling import table  # benchmarks/tiling.py: the Markdown table its reports use
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("ADRT_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
@@ -57,7 +58,7 @@ def load_split(size: int):
             np.array([s.defect_type for s in ds.test]), np.stack([mask(s) for s in ds.test]))
 
 
-def features(images, size: int):
+def features(images):
     import torch
 
     from adrt.train.features import TapFeatures
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     t0 = time.time()
     train, test, labels, types, masks = load_split(a.size)
-    ftr_all, fte_all = features(train, a.size), features(test, a.size)
+    ftr_all, fte_all = features(train), features(test)
     g = torch.Generator().manual_seed(0)       # PaDiMScorer's channel subset (seed 0, 100 channels)
     idx = torch.randperm(ftr_all.shape[1], generator=g)[:100].sort().values
     ftr, fte = ftr_all[:, idx], fte_all[:, idx]
@@ -155,9 +156,6 @@ def main(argv=None) -> int:
     cols = [("variant", "variant"), ("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"),
             ("pixel AUROC w/o uneven", "pixel_auroc_no_uneven"), ("AUPRO w/o uneven", "aupro_no_uneven"),
             *[(f"pixel {t}", f"pixel_{t}") for t in TYPES], ("uneven: within-frame AUROC", "uneven_within_mean")]
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
-    table = ("| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"
-             + "".join("| " + " | ".join(fmt(r[k]) for _, k in cols) + " |\n" for r in rows))
     total = sum(n_pix.values())
     md = (f"# Magnetic tile: the *uneven* class and pixel AUROC\n\n`python benchmarks/magnetic_uneven.py` "
           f"({time.time() - t0:.0f} s, {a.size}-px squash, {len(train)} training / {len(test)} test frames). "
@@ -165,7 +163,7 @@ def main(argv=None) -> int:
           + ". Per-type columns: that type's frames with the good ones. *Within-frame AUROC*: the mean over uneven "
           "frames of the pixel AUROC of the band against the rest of the same frame (0.5 = the map does not tell "
           f"them apart; {rows[0]['uneven_within_below_half']:.0%} of uneven frames are below 0.5 with PaDiM).\n\n"
-          + table)
+          + table(rows, cols))
     write_report(a.out, {"size": a.size, "defect_pixels": n_pix, "rows": rows}, md)
     return 0
 

@@ -30,6 +30,13 @@ def has_dla(version: str) -> bool:
     return not (v[0] == 9 or (v[0] == 10 and v[:2] > DLA_LAST_10X) or (v[0] == 11 and v[:3] < (11, 4, 1)))
 
 
+def no_dla_reason(version: str) -> str:
+    """Why TensorRT ``version`` cannot build a DLA engine, and which versions can (one wording for
+    ``build-engine``'s refusal and ``adrt check``'s dla-version rule)."""
+    return (f"TensorRT {version} has no DLA on Jetson (NVIDIA: 10.7 was the last 10.x release with DLA; "
+            f"11.0-11.4.0 have none on JetPack); build with TensorRT 8.6 or 10.0-10.7 (or 11.4.1+ on JetPack 7.2.2+)")
+
+
 def check_dla_request(dla: DlaOptions, precision: str, profile, version: str) -> None:
     """Refuse, with the reason, what DLA cannot do: fp32, a dynamic batch, a TensorRT without DLA."""
     if precision == "fp32":
@@ -38,6 +45,4 @@ def check_dla_request(dla: DlaOptions, precision: str, profile, version: str) ->
         raise InputError(f"DLA needs a static batch (min = opt = max), got {profile.min}/{profile.opt}/{profile.max}; "
                          f"e.g. --min-batch {profile.opt} --opt-batch {profile.opt} --max-batch {profile.opt}")
     if not has_dla(version):
-        raise BackendError(f"TensorRT {version} has no DLA on Jetson (NVIDIA: 10.7 was the last 10.x release with DLA; "
-                           f"11.0-11.4.0 have none on JetPack); build with TensorRT 8.6 or 10.0-10.7 "
-                           f"(or 11.4.1+ on JetPack 7.2.2+)")
+        raise BackendError(no_dla_reason(version))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from adrt.errors import AdrtError, BundleError, InputError
 from adrt.export import trt_rules as R
+from adrt.export.dla import has_dla, no_dla_reason
 
 PIP_EXTRA = "pip install 'adrt[tensorrt]'"
 # ONNX TensorProto element types -> the matrices' type names (DOUBLE is cast down to FLOAT by every version).
@@ -311,13 +312,9 @@ def _check_dla(model, g, t, precision, profile, gpu_fallback, add, trt_version=N
         dims = g.shapes.get(inp.name, [])[1:]
         if any(d and d > R.DLA_MAX_DIM for d in dims):
             add("dla-shape", "graph", "-", f"input {inp.name!r} dimensions {dims} exceed {R.DLA_MAX_DIM}")
-    from adrt.export.dla import has_dla
-
     version = trt_version or t.tensorrt
     if not has_dla(version):
-        add("dla-version", "graph", "-", f"TensorRT {version} has no DLA (10.7 was the last 10.x release with DLA; "
-                                         "11.0-11.4.0 have none on JetPack); build DLA engines with TensorRT 8.6 or "
-                                         "10.0-10.7 (or 11.4.1+ on JetPack 7.2.2+)")
+        add("dla-version", "graph", "-", no_dla_reason(version))
     if not t.dla_explicit_quantization and any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
                                                for n in model.graph.node):
         add("dla-qdq", "graph", "-", f"a Q/DQ (explicitly quantised) graph; TensorRT {t.tensorrt} DLA takes none")
